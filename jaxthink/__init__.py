@@ -1,0 +1,10 @@
+"""jaxthink: efficient reasoning for Qwen-architecture models in JAX/Flax.
+
+NoThinking and budget forcing with parallel scaling, Thinkless (SFT + DeGRPO: learn when to think)
+and the steered hybrid of a base and a thinking model, on one compiled sampler.
+"""
+
+from jaxthink.loading import load
+from jaxthink.models import ModelConfig, Qwen, export_hf, forward, forward_cached, init_cache
+
+__all__ = ["ModelConfig", "Qwen", "export_hf", "forward", "forward_cached", "init_cache", "load"]

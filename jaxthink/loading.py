@@ -1,0 +1,36 @@
+"""`jaxthink.load`: a checkpoint directory -> (model, tokenizer, config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from jaxthink.models import CheckpointError, ModelConfig, Qwen, load_params
+
+
+def default_dtype():
+    """float32 on CPU (XLA:CPU bf16 matmuls are slow); bfloat16 on GPU/TPU."""
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+
+
+def load(
+    path: str | Path, *, dtype=None, tokenizer: bool = True
+) -> tuple[Qwen, object, ModelConfig]:
+    """Loads a local Hugging Face checkpoint directory (never downloads).
+
+    Returns the NNX model (split it with `nnx.split` for a params pytree), the tokenizer from the
+    same directory (None with `tokenizer=False`) and the model config.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory (expected a Hugging Face checkpoint dir)")
+    cfg = ModelConfig.from_file(path / "config.json")
+    model = load_params(path, cfg, dtype=dtype or default_dtype())
+    tok = None
+    if tokenizer:
+        from jaxthink.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(path)
+    return model, tok, cfg

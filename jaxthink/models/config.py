@@ -1,0 +1,164 @@
+"""The model configuration: a typed view of a Hugging Face `config.json` for Qwen2 and Qwen3.
+
+`ModelConfig.from_hf` accepts exactly what the port implements and refuses everything else with a
+message naming the field, the value found and what would be accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+# config.json `architectures` -> the family name the model code switches on.
+ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+
+
+class ConfigError(ValueError):
+    """A config.json the port cannot run faithfully."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    architecture: str  # a key of ARCHITECTURES
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float
+    rms_norm_eps: float
+    tie_word_embeddings: bool
+    qkv_bias: bool  # Qwen2: q/k/v projections carry a bias
+    o_bias: bool  # Qwen3 with attention_bias: every projection, o included
+    qk_norm: bool  # Qwen3: RMSNorm over head_dim on queries and keys before RoPE
+    max_position_embeddings: int
+    checkpoint_dtype: str = "float32"  # the dtype the weights were stored in; export keeps it
+    hf_config: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def family(self) -> str:
+        return ARCHITECTURES[self.architecture]
+
+    @property
+    def num_params(self) -> int:
+        d, h, k, hd = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
+        attn = d * hd * (h + 2 * k) + h * hd * d
+        attn += hd * (h + 2 * k) * self.qkv_bias + d * self.o_bias + 2 * hd * self.qk_norm
+        layer = attn + 3 * d * self.intermediate_size + 2 * d
+        head = 0 if self.tie_word_embeddings else self.vocab_size * d
+        return self.num_layers * layer + self.vocab_size * d + d + head
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(
+                f"{path}: no config.json (a Hugging Face checkpoint directory has one)"
+            )
+        return cls.from_hf(json.loads(path.read_text()), source=str(path))
+
+    @classmethod
+    def from_hf(cls, c: dict[str, Any], source: str = "config.json") -> ModelConfig:
+        """Validates an HF config dict and maps it onto the port's fields."""
+        arch = _architecture(c, source)
+        if c.get("auto_map") or c.get("trust_remote_code"):
+            raise ConfigError(
+                f"{source}: needs trust_remote_code (auto_map={c.get('auto_map')}); jaxthink runs "
+                "only the built-in Qwen2/Qwen3 code, never code shipped with a checkpoint"
+            )
+        if c.get("hidden_act", "silu") != "silu":
+            raise ConfigError(
+                f"{source}: hidden_act={c['hidden_act']!r}; only 'silu' is implemented"
+            )
+        _check_sliding_window(c, source)
+        heads = c["num_attention_heads"]
+        kv_heads = c.get("num_key_value_heads") or heads
+        if heads % kv_heads:
+            raise ConfigError(
+                f"{source}: num_attention_heads={heads} is not a multiple of "
+                f"num_key_value_heads={kv_heads}"
+            )
+        qwen3 = arch == "Qwen3ForCausalLM"
+        default_head_dim = 128 if qwen3 else c["hidden_size"] // heads
+        attention_bias = bool(c.get("attention_bias", False))
+        return cls(
+            architecture=arch,
+            vocab_size=c["vocab_size"],
+            hidden_size=c["hidden_size"],
+            intermediate_size=c["intermediate_size"],
+            num_layers=c["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=c.get("head_dim") or default_head_dim,
+            rope_theta=float(_rope_theta(c, source)),
+            rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)),
+            tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
+            qkv_bias=attention_bias if qwen3 else True,
+            o_bias=attention_bias if qwen3 else False,
+            qk_norm=qwen3,
+            max_position_embeddings=c.get("max_position_embeddings", 32768),
+            checkpoint_dtype=str(c.get("dtype") or c.get("torch_dtype") or "float32"),
+            hf_config=dict(c),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        """The config.json to export: the original one when loaded from HF, else a fresh one."""
+        c = dict(self.hf_config)
+        c.update(
+            architectures=[self.architecture],
+            model_type=self.family,
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            rope_theta=self.rope_theta,
+            rms_norm_eps=self.rms_norm_eps,
+            tie_word_embeddings=self.tie_word_embeddings,
+            max_position_embeddings=self.max_position_embeddings,
+            hidden_act="silu",
+            dtype=self.checkpoint_dtype,
+        )
+        c.pop("torch_dtype", None)
+        if self.family == "qwen3":
+            c["attention_bias"] = self.o_bias
+        return c
+
+
+def _architecture(c: dict, source: str) -> str:
+    archs = c.get("architectures") or []
+    for arch in archs:
+        if arch in ARCHITECTURES:
+            return arch
+    raise ConfigError(
+        f"{source}: unsupported architectures={archs}; supported: {', '.join(ARCHITECTURES)}"
+    )
+
+
+def _rope_theta(c: dict, source: str) -> float:
+    """rope_theta from either the classic keys or transformers 5's `rope_parameters`."""
+    params = c.get("rope_parameters") or {}
+    scaling = c.get("rope_scaling") or {}
+    rope_type = scaling.get("rope_type") or scaling.get("type") or params.get("rope_type")
+    if rope_type not in (None, "default"):
+        raise ConfigError(
+            f"{source}: rope scaling type {rope_type!r} is not implemented; "
+            "accepted: rope_scaling null or rope_type 'default'"
+        )
+    return params.get("rope_theta") or c.get("rope_theta") or 10000.0
+
+
+def _check_sliding_window(c: dict, source: str) -> None:
+    layer_types = c.get("layer_types") or []
+    if c.get("use_sliding_window") or "sliding_attention" in layer_types:
+        raise ConfigError(
+            f"{source}: sliding-window attention (use_sliding_window={c.get('use_sliding_window')}, "
+            f"sliding_window={c.get('sliding_window')}) is not implemented; "
+            "accepted: use_sliding_window false (full attention in every layer)"
+        )

@@ -1,0 +1,247 @@
+"""The Qwen2 / Qwen3 decoder in Flax NNX, with a per-row KV cache.
+
+One module tree serves both families; the config switches the two differences (Qwen2: q/k/v bias;
+Qwen3: RMSNorm on queries and keys, explicit head_dim). Every parameter carries logical axis names
+(vocab, embed, heads, kv_heads, head_dim, mlp) that `jaxthink.sharding` maps onto a mesh.
+
+Two entry points, both pure functions of (model, inputs):
+- `forward(model, tokens, valid)`: a whole left-padded sequence, for training and scoring.
+- `forward_cached(model, tokens, valid, cache)`: append T tokens per row to a KV cache and return
+  their logits. Prefill is T = prompt length on an empty cache; decoding is T = 1. Each row has its
+  own write slot and RoPE position, so rows may advance differently (forced tokens, hybrid steps).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from jaxthink.models.config import ModelConfig
+
+Array = jax.Array
+_MASKED = -1e30  # finite, so a query with nothing to attend to (a pad) gives no NaN
+
+
+def _param(shape, axes, dtype, rngs, init="normal"):
+    if init == "ones":
+        value = jnp.ones(shape, dtype)
+    elif init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = 0.02 * jax.random.normal(rngs.params(), shape, dtype)
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, axis_name: str, *, dtype, rngs: nnx.Rngs):
+        self.scale = _param((dim,), (axis_name,), dtype, rngs, init="ones")
+        self.eps = eps
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...] * x32.astype(x.dtype)
+
+
+@struct.dataclass
+class KVCache:
+    """Keys and values per layer [B, S, kv_heads, head_dim] with per-row bookkeeping.
+
+    `valid[b, s]` marks written, non-pad slots; `index[b]` is the next slot row b writes;
+    `pos[b]` is the RoPE position of row b's next real token.
+    """
+
+    k: tuple[Array, ...]
+    v: tuple[Array, ...]
+    valid: Array  # [B, S] bool
+    index: Array  # [B] int32
+    pos: Array  # [B] int32
+
+    @property
+    def length(self) -> int:
+        return self.valid.shape[1]
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
+    shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    return KVCache(
+        k=zeros,
+        v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+        valid=jnp.zeros((batch, length), bool),
+        index=jnp.zeros((batch,), jnp.int32),
+        pos=jnp.zeros((batch,), jnp.int32),
+    )
+
+
+def rope(x: Array, positions: Array, theta: float) -> Array:
+    """Rotary embedding in the rotate-half layout of the HF checkpoints. x: [B, T, N, D]."""
+    dim = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q = _param((e, h, d), ("embed", "heads", "head_dim"), dtype, rngs)
+        self.k = _param((e, k, d), ("embed", "kv_heads", "head_dim"), dtype, rngs)
+        self.v = _param((e, k, d), ("embed", "kv_heads", "head_dim"), dtype, rngs)
+        self.o = _param((h, d, e), ("heads", "head_dim", "embed"), dtype, rngs)
+        if cfg.qkv_bias:
+            self.q_bias = _param((h, d), ("heads", "head_dim"), dtype, rngs, "zeros")
+            self.k_bias = _param((k, d), ("kv_heads", "head_dim"), dtype, rngs, "zeros")
+            self.v_bias = _param((k, d), ("kv_heads", "head_dim"), dtype, rngs, "zeros")
+        if cfg.o_bias:
+            self.o_bias = _param((e,), ("embed",), dtype, rngs, "zeros")
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, "head_dim", dtype=dtype, rngs=rngs)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, "head_dim", dtype=dtype, rngs=rngs)
+        self.cfg = cfg
+
+    def _project(self, x: Array, positions: Array) -> tuple[Array, Array, Array]:
+        cfg = self.cfg
+        q = jnp.einsum("bte,ehd->bthd", x, self.q[...])
+        k = jnp.einsum("bte,ekd->btkd", x, self.k[...])
+        v = jnp.einsum("bte,ekd->btkd", x, self.v[...])
+        if cfg.qkv_bias:
+            q, k, v = q + self.q_bias[...], k + self.k_bias[...], v + self.v_bias[...]
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
+
+    def __call__(self, x, positions, mask, cache_kv=None, write_index=None):
+        """x [B,T,E]; mask [B,T,S] over the keys attended (S = T without a cache).
+
+        With `cache_kv` = (k, v) [B,S,K,D], this step's keys and values are written at
+        `write_index[b] + t` and attention reads the whole cache.
+        """
+        q, k, v = self._project(x, positions)
+        if cache_kv is not None:
+            write = jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice(c, u, (i, 0, 0)))
+            k = write(cache_kv[0], k.astype(cache_kv[0].dtype), write_index)
+            v = write(cache_kv[1], v.astype(cache_kv[1].dtype), write_index)
+        out = _attend(q, k, v, mask, self.cfg.head_dim**-0.5)
+        out = jnp.einsum("bthd,hde->bte", out, self.o[...])
+        if self.cfg.o_bias:
+            out = out + self.o_bias[...]
+        return out, (k, v)
+
+
+def _attend(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
+    """Grouped-query attention: q [B,T,H,D] against k, v [B,S,K,D] with H = K * groups."""
+    b, t, h, d = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, t, kv_heads, h // kv_heads, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype)).astype(jnp.float32) * scale
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(q.dtype))
+    return out.reshape(b, t, h, d)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        e, m = cfg.hidden_size, cfg.intermediate_size
+        self.gate = _param((e, m), ("embed", "mlp"), dtype, rngs)
+        self.up = _param((e, m), ("embed", "mlp"), dtype, rngs)
+        self.down = _param((m, e), ("mlp", "embed"), dtype, rngs)
+
+    def __call__(self, x: Array) -> Array:
+        h = jax.nn.silu(x @ self.gate[...]) * (x @ self.up[...])
+        return h @ self.down[...]
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", dtype=dtype, rngs=rngs)
+        self.attn = Attention(cfg, dtype=dtype, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", dtype=dtype, rngs=rngs)
+        self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, positions, mask, cache_kv=None, write_index=None):
+        a, kv = self.attn(self.attn_norm(x), positions, mask, cache_kv, write_index)
+        x = x + a
+        return x + self.mlp(self.mlp_norm(x)), kv
+
+
+class Qwen(nnx.Module):
+    """A Qwen2/Qwen3 causal LM. Use through `forward` / `forward_cached`."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = _param((cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), dtype, rngs)
+        self.layers = nnx.List([Block(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(
+            cfg.hidden_size, cfg.rms_norm_eps, "embed", dtype=dtype, rngs=rngs
+        )
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _param(
+                (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), dtype, rngs
+            )
+
+    def logits(self, x: Array) -> Array:
+        x = self.final_norm(x)
+        if self.cfg.tie_word_embeddings:
+            return jnp.einsum("bte,ve->btv", x, self.embed[...])
+        return x @ self.lm_head[...]
+
+
+def positions_from_valid(valid: Array, start: Array | int = 0) -> Array:
+    """RoPE positions of a left-padded batch: real tokens count up from `start`, pads get 0."""
+    pos = jnp.cumsum(valid, axis=1) - 1 + jnp.asarray(start)[..., None]
+    return jnp.where(valid, pos, 0).astype(jnp.int32)
+
+
+def forward(model: Qwen, tokens: Array, valid: Array) -> Array:
+    """Logits [B, T, V] of a (left-)padded batch; `valid` marks real tokens."""
+    valid = valid.astype(bool)
+    t = tokens.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    mask = causal[None] & valid[:, None, :]
+    positions = positions_from_valid(valid)
+    x = jnp.take(model.embed[...], tokens, axis=0)
+    for layer in model.layers:
+        x, _ = layer(x, positions, mask)
+    return model.logits(x)
+
+
+def forward_cached(
+    model: Qwen, tokens: Array, valid: Array, cache: KVCache, *, last_only: bool = False
+) -> tuple[Array, KVCache]:
+    """Appends tokens [B, T] (pads marked False in `valid`) to the cache; returns their logits.
+
+    Row b writes slots index[b] .. index[b]+T-1; queries see the cache's valid slots up to their
+    own. `last_only` returns the logits of the final position only ([B, 1, V]) - what prefill of a
+    left-padded batch needs.
+    """
+    valid = valid.astype(bool)
+    b, t = tokens.shape
+    write = jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice(c, u, (i,)))
+    cache_valid = write(cache.valid, valid, cache.index)
+    query_slot = cache.index[:, None] + jnp.arange(t)[None, :]  # [B, T]
+    key_slot = jnp.arange(cache.length)[None, None, :]
+    mask = cache_valid[:, None, :] & (key_slot <= query_slot[:, :, None])
+    positions = positions_from_valid(valid, cache.pos)
+    x = jnp.take(model.embed[...], tokens, axis=0)
+    new_k, new_v = [], []
+    for layer, k, v in zip(model.layers, cache.k, cache.v, strict=True):
+        x, (k, v) = layer(x, positions, mask, (k, v), cache.index)
+        new_k.append(k)
+        new_v.append(v)
+    if last_only:
+        x = x[:, -1:]
+    cache = KVCache(
+        k=tuple(new_k),
+        v=tuple(new_v),
+        valid=cache_valid,
+        index=cache.index + t,
+        pos=cache.pos + valid.sum(axis=1, dtype=jnp.int32),
+    )
+    return model.logits(x), cache
