@@ -4,7 +4,23 @@ NoThinking and budget forcing with parallel scaling, Thinkless (SFT + DeGRPO: le
 and the steered hybrid of a base and a thinking model, on one compiled sampler.
 """
 
+from jaxthink.decode import Generation, generate
 from jaxthink.loading import load
 from jaxthink.models import ModelConfig, Qwen, export_hf, forward, forward_cached, init_cache
+from jaxthink.policies import Mode, ModeOptions, parse_mode, parse_modes
 
-__all__ = ["ModelConfig", "Qwen", "export_hf", "forward", "forward_cached", "init_cache", "load"]
+__all__ = [
+    "Generation",
+    "Mode",
+    "ModeOptions",
+    "ModelConfig",
+    "Qwen",
+    "export_hf",
+    "forward",
+    "forward_cached",
+    "generate",
+    "init_cache",
+    "load",
+    "parse_mode",
+    "parse_modes",
+]

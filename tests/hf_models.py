@@ -56,3 +56,11 @@ def write_tiny_hf(directory: Path, family: str = "qwen2", seed: int = 0, **overr
     model = tiny_hf_model(family, seed, **overrides)
     model.save_pretrained(directory)
     return model
+
+
+def write_char_checkpoint(directory: Path, family: str = "qwen2", seed: int = 0, **overrides):
+    """A tiny random model with the demo's character tokenizer: a full checkpoint directory."""
+    from jaxthink.data.char_tokenizer import VOCAB, build_char_tokenizer
+
+    build_char_tokenizer(directory)
+    return write_tiny_hf(directory, family, seed, vocab_size=len(VOCAB), **overrides)

@@ -1,0 +1,197 @@
+"""`python -m infer bench`: decode speed of jaxthink next to transformers `generate`, one run.
+
+Both run the same random-weight model (written once in the HF format and loaded by each) on the
+same prompts, fp32 on CPU, after a warm-up; the table gives tokens/s, their ratio, and the
+memory-bandwidth floor (weight bytes / read bandwidth measured in this run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SHAPES = {
+    "tiny": dict(
+        vocab_size=512, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+    ),
+    "qwen2.5-0.5b": dict(
+        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+        num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
+        rope_theta=1e6,
+    ),
+}  # fmt: skip
+
+
+def read_bandwidth_gbs(nbytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Best-of-n streaming read of a large array by XLA: bytes / second."""
+    x = jnp.ones((nbytes // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    total(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        total(x).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best / 1e9
+
+
+def _write_model(shape: str, directory: str):
+    import torch
+    import transformers
+
+    kw = dict(SHAPES[shape])
+    theta = kw.pop("rope_theta", 10000.0)
+    cfg = transformers.Qwen2Config(
+        **kw,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": theta},
+    )
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM(cfg).float().eval()
+    model.save_pretrained(directory)
+    return model
+
+
+def _prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(10, vocab, length - 3 * r).tolist() for r in range(batch)]
+
+
+def _best_of(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _time_jaxthink(graphdef, params, prompts, new_tokens, rows, tok, repeats) -> float:
+    from jaxthink.decode import sampler
+
+    b = len(prompts)
+    sampling = sampler.Sampling(
+        temperature=jnp.zeros((b,)), top_k=jnp.zeros((b,), jnp.int32),
+        top_p=jnp.ones((b,)), keys=jax.random.split(jax.random.key(0), b),
+    )  # fmt: skip
+    run = lambda: sampler.sample(graphdef, params, prompts, rows, tok, sampling, new_tokens)
+    run()  # warm-up: compiles prefill and decode
+    return _best_of(run, repeats)
+
+
+def _time_transformers(model, prompts, new_tokens, repeats) -> float:
+    import torch
+
+    width = max(map(len, prompts))
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p) :] = torch.tensor(p)
+        mask[r, width - len(p) :] = 1
+    kw = dict(
+        attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+        do_sample=False, pad_token_id=0, eos_token_id=None,
+    )  # fmt: skip
+    with torch.inference_mode():
+        model.generate(ids, **{**kw, "max_new_tokens": 8, "min_new_tokens": 8})
+        return _best_of(lambda: model.generate(ids, **kw), repeats)
+
+
+def _mode_rows(b: int, kind: str):
+    """Policy rows: all plain greedy, or four modes mixed (budget, extend, thinkless, no_think)."""
+    from jaxthink.policies.modes import ANSWER, CHOOSE, FREE, NO_BUDGET, PRE, THINK
+    from jaxthink.policies.policy import PolicyParams
+
+    if kind == "greedy":
+        mix = [(ANSWER, FREE, NO_BUDGET, 0)] * b
+    else:
+        four = [(THINK, FREE, 32, 0), (THINK, FREE, NO_BUDGET, 2), (PRE, CHOOSE, 64, 0),
+                (ANSWER, FREE, NO_BUDGET, 0)]  # fmt: skip
+        mix = [four[r % 4] for r in range(b)]
+    col = lambda j: jnp.array([m[j] for m in mix], jnp.int32)
+    return PolicyParams(col(0), col(1), col(2), jnp.zeros((b,), jnp.int32), col(3))
+
+
+def _bench_tokens(vocab: int):
+    """Stand-in control ids for a random model (ids 1-5 play <think>, </think>, <short>...)."""
+    from jaxthink.policies.policy import PolicyTokens
+
+    none = jnp.zeros(vocab, bool)
+    return PolicyTokens(
+        think=jnp.int32(1), end_think=jnp.int32(2), short=jnp.int32(3),
+        end_seq=jnp.array([2, 4, 5], jnp.int32), wait_seq=jnp.array([6, -1, -1], jnp.int32),
+        newline=none.at[7].set(True), eos=none, stop=none,
+    )  # fmt: skip
+
+
+def run(shapes, batches, new_tokens: int, prompt_len: int, repeats: int) -> list[dict]:
+    import torch
+    from flax import nnx
+
+    import jaxthink
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    bandwidth = read_bandwidth_gbs()
+    rows = []
+    for shape in shapes:
+        with tempfile.TemporaryDirectory() as d:
+            hf = _write_model(shape, d)
+            model, _, cfg = jaxthink.load(d, tokenizer=False)
+        graphdef, params = nnx.split(model)
+        weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+        tok = _bench_tokens(cfg.vocab_size)
+        for b in batches:
+            prompts = _prompts(b, prompt_len, cfg.vocab_size)
+            ours, mixed = (
+                _time_jaxthink(
+                    graphdef, params, prompts, new_tokens, _mode_rows(b, k), tok, repeats
+                )
+                for k in ("greedy", "mixed")
+            )
+            theirs = _time_transformers(hf, prompts, new_tokens, repeats)
+            floor_ms = weight_bytes / (bandwidth * 1e9) * 1e3
+            rows.append(
+                dict(
+                    model=shape, batch=b, params_m=cfg.num_params / 1e6,
+                    jaxthink_tok_s=b * new_tokens / ours, transformers_tok_s=b * new_tokens / theirs,
+                    speedup=theirs / ours, ms_per_step=ours / new_tokens * 1e3,
+                    floor_ms=floor_ms, vs_floor=ours / new_tokens * 1e3 / floor_ms,
+                    mixed_overhead=mixed / ours - 1,
+                )
+            )  # fmt: skip
+            print(_format_row(rows[-1]), flush=True)
+    return rows
+
+
+HEADER = (
+    "| model | batch | jaxthink tok/s | transformers tok/s | speedup | ms/step | floor ms "
+    "| x floor | 4-mode batch cost |\n|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _format_row(r: dict) -> str:
+    return (
+        f"| {r['model']} ({r['params_m']:.1f}M) | {r['batch']} | {r['jaxthink_tok_s']:.1f} | "
+        f"{r['transformers_tok_s']:.1f} | {r['speedup']:.2f}x | {r['ms_per_step']:.2f} | "
+        f"{r['floor_ms']:.2f} | {r['vs_floor']:.2f} | {100 * r['mixed_overhead']:+.1f}% |"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m infer bench", description=__doc__)
+    p.add_argument("--shape", action="append", choices=list(SHAPES), help="default: all")
+    p.add_argument("--batch", action="append", type=int, help="default: 1 and 8")
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3, help="best of this many timed runs")
+    args = p.parse_args(argv)
+    print(f"read bandwidth: {read_bandwidth_gbs():.1f} GB/s; devices: {jax.devices()}")
+    print(HEADER)
+    shapes, batches = args.shape or list(SHAPES), args.batch or [1, 8]
+    run(shapes, batches, args.new_tokens, args.prompt_len, args.repeats)

@@ -1,0 +1,183 @@
+"""The compiled sampler: one jitted prefill and one jitted `lax.while_loop` decode.
+
+    prompts [B, P] left-padded --prefill--> KV cache + next-token logits
+      --decode loop (state donated): mask_logits -> choose_tokens -> policy.step -> record
+         -> forward_cached(1 token per row)--> tokens, log-probs, phases, per-row stats
+
+Parameters are passed as an argument (not closed over) so the compiled program does not embed
+them. Everything per-row (mode numbers, temperature, top-k/p) is an array: changing values never
+recompiles; only shapes (batch, prompt length, max_new_tokens, cache length) do.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from jaxthink.decode.sampling import choose_tokens
+from jaxthink.models.qwen import KVCache, forward_cached, init_cache
+from jaxthink.policies import policy
+from jaxthink.policies.policy import PolicyParams, PolicyState, PolicyTokens
+
+Array = jax.Array
+RUNNING, EOS, STOP, LENGTH = 0, 1, 2, 3
+FINISH_REASONS = {EOS: "eos", STOP: "stop", LENGTH: "length"}
+
+# Trace counters: tests use them to check that changing only numbers does not recompile.
+TRACE_COUNT = {"prefill": 0, "decode": 0}
+
+
+@struct.dataclass
+class Sampling:
+    """Per-row sampling settings and PRNG keys."""
+
+    temperature: Array  # [B] float32; 0 = greedy
+    top_k: Array  # [B] int32; <= 0 = off
+    top_p: Array  # [B] float32; >= 1 = off
+    keys: Array  # [B] PRNG keys
+
+
+@struct.dataclass
+class LoopState:
+    step: Array  # scalar int32: tokens generated so far
+    cache: KVCache
+    logits: Array  # [B, V] next-token logits
+    tokens: Array  # [B, N] generated tokens (pad after a row ends)
+    logprobs: Array  # [B, N] log-prob of each token under the sampling temperature
+    phases: Array  # [B, N] int8 phase each token was emitted in
+    done: Array  # [B] bool
+    lengths: Array  # [B] tokens generated per row
+    finish: Array  # [B] int32 RUNNING / EOS / STOP / LENGTH
+    certainty_sum: Array  # [B] sum of per-token self-certainty
+    policy: PolicyState
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "queue_width"))
+def prefill(graphdef, params, tokens, valid, pparams, max_new: int, queue_width: int):
+    """Runs the left-padded prompts into a fresh cache; returns the decode loop's first state."""
+    TRACE_COUNT["prefill"] += 1
+    model = nnx.merge(graphdef, params)
+    cache_length = tokens.shape[1] + max_new
+    cache = init_cache(model.cfg, tokens.shape[0], cache_length, params_dtype(params))
+    logits, cache = forward_cached(model, tokens, valid, cache, last_only=True)
+    return init_loop(logits[:, 0].astype(jnp.float32), cache, pparams, queue_width, max_new)
+
+
+def params_dtype(params) -> jnp.dtype:
+    return jax.tree.leaves(params)[0].dtype
+
+
+def init_loop(logits, cache, pparams: PolicyParams, queue_width: int, max_new: int) -> LoopState:
+    b = logits.shape[0]
+    return LoopState(
+        step=jnp.zeros((), jnp.int32),
+        cache=cache,
+        logits=logits,
+        tokens=jnp.zeros((b, max_new), jnp.int32),
+        logprobs=jnp.zeros((b, max_new), jnp.float32),
+        phases=jnp.zeros((b, max_new), jnp.int8),
+        done=jnp.zeros((b,), bool),
+        lengths=jnp.zeros((b,), jnp.int32),
+        finish=jnp.zeros((b,), jnp.int32),
+        certainty_sum=jnp.zeros((b,), jnp.float32),
+        policy=policy.init_state(pparams, queue_width),
+    )
+
+
+def self_certainty(logits: Array) -> Array:
+    """KL(Uniform || p) per row: -(1/V) sum_j log p_j - log V = lse - mean(logits) - log V."""
+    v = logits.shape[-1]
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    return lse - jnp.mean(logits, axis=-1) - jnp.log(v)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("state",))
+def decode(
+    graphdef,
+    params,
+    state: LoopState,
+    pparams: PolicyParams,
+    tok: PolicyTokens,
+    sampling: Sampling,
+    pad_id: Array,
+) -> LoopState:
+    """Generates until every row has ended or the token buffer is full."""
+    TRACE_COUNT["decode"] += 1
+    model = nnx.merge(graphdef, params)
+    max_new = state.tokens.shape[1]
+
+    def cond(s: LoopState):
+        return (s.step < max_new) & ~jnp.all(s.done)
+
+    def body(s: LoopState) -> LoopState:
+        active = ~s.done
+        keys = jax.vmap(jax.random.fold_in, (0, None))(sampling.keys, s.step)
+        masked = policy.mask_logits(s.logits, s.policy, pparams, tok)
+        sampled = choose_tokens(masked, keys, sampling.temperature, sampling.top_k, sampling.top_p)
+        phase_before = s.policy.phase
+        token, pstate = policy.step(sampled, s.policy, pparams, tok, active)
+        token = jnp.where(active, token, pad_id)
+
+        temp = jnp.where(sampling.temperature > 0, sampling.temperature, 1.0)
+        logp = jax.nn.log_softmax(s.logits / temp[:, None], axis=-1)
+        token_logp = jnp.take_along_axis(logp, token[:, None], axis=1)[:, 0]
+        ended_eos, ended_stop = tok.eos[token] & active, tok.stop[token] & active
+        full = s.step + 1 >= max_new
+        finish = jnp.select(
+            [~active, ended_eos, ended_stop, full], [s.finish, EOS, STOP, LENGTH], RUNNING
+        )
+        col = s.step
+        logits, cache = forward_cached(model, token[:, None], active[:, None], s.cache)
+        return LoopState(
+            step=s.step + 1,
+            cache=cache,
+            logits=logits[:, 0].astype(jnp.float32),
+            tokens=s.tokens.at[:, col].set(token),
+            logprobs=s.logprobs.at[:, col].set(jnp.where(active, token_logp, 0.0)),
+            phases=s.phases.at[:, col].set(phase_before.astype(jnp.int8)),
+            done=s.done | (finish != RUNNING),
+            lengths=s.lengths + active,
+            finish=finish,
+            certainty_sum=s.certainty_sum + jnp.where(active, self_certainty(s.logits), 0.0),
+            policy=pstate,
+        )
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+def _bucket(length: int, multiple: int = 32) -> int:
+    """Prompt lengths rounded up, so nearby lengths share one compiled program."""
+    return -(-length // multiple) * multiple
+
+
+def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded tokens and validity [B, P], P bucketed to a multiple of 32."""
+    width = _bucket(max(len(ids) for ids in prompt_ids))
+    tokens = np.full((len(prompt_ids), width), pad_id, np.int32)
+    valid = np.zeros(tokens.shape, bool)
+    for r, ids in enumerate(prompt_ids):
+        tokens[r, width - len(ids) :] = ids
+        valid[r, width - len(ids) :] = True
+    return tokens, valid
+
+
+def sample(
+    graphdef,
+    params,
+    prompt_ids: list[list[int]],
+    pparams: PolicyParams,
+    tok: PolicyTokens,
+    sampling: Sampling,
+    max_new_tokens: int,
+    pad_id: int = 0,
+) -> LoopState:
+    """Prefill + decode for a batch of token-id prompts; returns the final loop state on host."""
+    tokens, valid = left_pad(prompt_ids, pad_id)
+    queue_width = tok.end_seq.shape[0]
+    state = prefill(graphdef, params, tokens, valid, pparams, max_new_tokens, queue_width)
+    state = decode(graphdef, params, state, pparams, tok, sampling, jnp.int32(pad_id))
+    return jax.device_get(state.replace(cache=None, logits=None))

@@ -1,0 +1,39 @@
+"""Reinforcement learning of when to think: the pure-function core.
+
+rewards (Thinkless reward table) -> advantages (group-relative) -> losses (DeGRPO / GRPO with
+(sum, denominator) aggregation for gradient accumulation). No trainer state lives here.
+"""
+
+from jaxthink.rl.advantages import group_advantages
+from jaxthink.rl.losses import (
+    LossConfig,
+    Term,
+    clipped_surrogate,
+    combine_terms,
+    k3_kl,
+    loss_denominators,
+    loss_terms,
+    merge_terms,
+    policy_loss,
+    summarize_terms,
+    with_denominators,
+)
+from jaxthink.rl.rewards import RewardConfig, thinkless_reward, thinkless_rewards
+
+__all__ = [
+    "LossConfig",
+    "RewardConfig",
+    "Term",
+    "clipped_surrogate",
+    "combine_terms",
+    "group_advantages",
+    "k3_kl",
+    "loss_denominators",
+    "loss_terms",
+    "merge_terms",
+    "policy_loss",
+    "summarize_terms",
+    "thinkless_reward",
+    "thinkless_rewards",
+    "with_denominators",
+]

@@ -1,0 +1,146 @@
+"""The compiled sampler against transformers `generate`, and its sampling rules."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+import jaxthink
+from jaxthink.decode import sampler
+from jaxthink.decode.sampling import top_k_mask, top_p_mask
+from jaxthink.policies.modes import ANSWER, FREE, NO_BUDGET
+from jaxthink.policies.policy import PolicyParams, PolicyTokens
+from tests.hf_models import write_tiny_hf
+
+PROMPTS = [[5, 17, 99, 3, 42, 8, 250, 7, 1], [300, 12, 64], [77, 2, 9, 18, 400, 33]]
+
+
+def plain_rows(b):
+    """Rows with no mode at all: answer freely, nothing forced."""
+    full = lambda v: jnp.full((b,), v, jnp.int32)
+    return PolicyParams(full(ANSWER), full(FREE), full(NO_BUDGET), full(0), full(0))
+
+
+def plain_tokens(vocab, eos=()):
+    none = jnp.zeros(vocab, bool)
+    return PolicyTokens(
+        think=jnp.int32(-1),
+        end_think=jnp.int32(-1),
+        short=jnp.int32(-1),
+        end_seq=jnp.full((1,), -1, jnp.int32),
+        wait_seq=jnp.full((1,), -1, jnp.int32),
+        newline=none,
+        eos=none.at[jnp.array(eos, jnp.int32)].set(True) if eos else none,
+        stop=none,
+    )
+
+
+def greedy(b, seed=0, temperature=0.0, top_k=0, top_p=1.0):
+    root = jax.random.key(seed)
+    return sampler.Sampling(
+        temperature=jnp.full((b,), temperature, jnp.float32),
+        top_k=jnp.full((b,), top_k, jnp.int32),
+        top_p=jnp.full((b,), top_p, jnp.float32),
+        keys=jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.arange(b)),
+    )
+
+
+def hf_greedy(hf, prompts, max_new):
+    width = max(map(len, prompts))
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p) :] = torch.tensor(p)
+        mask[r, width - len(p) :] = 1
+    out = hf.generate(
+        ids, attention_mask=mask, max_new_tokens=max_new, min_new_tokens=max_new,
+        do_sample=False, pad_token_id=0, eos_token_id=None,
+    )  # fmt: skip
+    return out[:, width:].numpy()
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_greedy_equals_transformers_generate(family, tmp_path):
+    hf = write_tiny_hf(tmp_path, family)
+    model, _, _ = jaxthink.load(tmp_path, tokenizer=False)
+    graphdef, params = nnx.split(model)
+    b = len(PROMPTS)
+    state = sampler.sample(
+        graphdef, params, PROMPTS, plain_rows(b), plain_tokens(512), greedy(b), 64
+    )
+    np.testing.assert_array_equal(state.tokens, hf_greedy(hf, PROMPTS, 64))
+    assert (state.finish == sampler.LENGTH).all() and (state.lengths == 64).all()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny")
+    write_tiny_hf(path, "qwen2")
+    model, _, _ = jaxthink.load(path, tokenizer=False)
+    return nnx.split(model)
+
+
+def test_eos_ends_each_row_on_its_own(tiny):
+    graphdef, params = tiny
+    b = len(PROMPTS)
+    free = sampler.sample(
+        graphdef, params, PROMPTS, plain_rows(b), plain_tokens(512), greedy(b), 24
+    )
+    eos = int(free.tokens[0, 5])  # the token row 0 emits at step 5 becomes the EOS
+    state = sampler.sample(
+        graphdef, params, PROMPTS, plain_rows(b), plain_tokens(512, [eos]), greedy(b), 24
+    )
+    for r in range(b):
+        hits = np.nonzero(free.tokens[r] == eos)[0]
+        expected = int(hits[0]) + 1 if len(hits) else 24
+        assert state.lengths[r] == expected
+        np.testing.assert_array_equal(state.tokens[r, :expected], free.tokens[r, :expected])
+        assert state.finish[r] == (sampler.EOS if len(hits) else sampler.LENGTH)
+
+
+def test_sampling_is_reproducible_from_the_seed(tiny):
+    graphdef, params = tiny
+    b = len(PROMPTS)
+    run = lambda seed: (
+        sampler.sample(
+            graphdef, params, PROMPTS, plain_rows(b), plain_tokens(512), greedy(b, seed, 1.0), 16
+        ).tokens
+    )
+    np.testing.assert_array_equal(run(1), run(1))
+    assert (run(1) != run(2)).any()
+
+
+def test_logprobs_are_those_of_the_tempered_distribution(tiny):
+    graphdef, params = tiny
+    model = nnx.merge(graphdef, params)
+    state = sampler.sample(
+        graphdef, params, PROMPTS[:1], plain_rows(1), plain_tokens(512), greedy(1, 0, 0.7), 8
+    )
+    seq = np.array([PROMPTS[0] + state.tokens[0].tolist()])
+    logits = jaxthink.forward(model, seq, np.ones_like(seq, bool))[0, len(PROMPTS[0]) - 1 : -1]
+    expected = jax.nn.log_softmax(logits / 0.7, axis=-1)[np.arange(8), state.tokens[0]]
+    np.testing.assert_allclose(state.logprobs[0], expected, atol=1e-4)
+
+
+def test_top_k_keeps_exactly_the_k_best():
+    logits = jax.random.normal(jax.random.key(0), (4, 1000))
+    k = jnp.array([1, 5, 50, 0])
+    kept = np.asarray(top_k_mask(logits, k) > -1e29)
+    assert kept.sum(1).tolist() == [1, 5, 50, 1000]
+    for r, kk in enumerate([1, 5, 50]):
+        best = np.argsort(-np.asarray(logits[r]))[:kk]
+        assert set(np.nonzero(kept[r])[0]) == set(best)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = jax.random.normal(jax.random.key(1), (3, 500)) * 3
+    p = jnp.array([0.5, 0.9, 1.0])
+    kept = np.asarray(top_p_mask(logits, p) > -1e29)
+    probs = np.asarray(jax.nn.softmax(logits, -1))
+    for r, pp in enumerate([0.5, 0.9]):
+        order = np.argsort(-probs[r])
+        n = int(np.searchsorted(np.cumsum(probs[r][order]), pp) + 1)
+        assert set(np.nonzero(kept[r])[0]) == set(order[:n])
+    assert kept[2].all()
