@@ -1,0 +1,1 @@
+"""`python -m infer`: generation, evaluation sweeps and the decode benchmark."""

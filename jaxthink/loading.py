@@ -34,3 +34,14 @@ def load(
 
         tok = load_tokenizer(path)
     return model, tok, cfg
+
+
+def demo_model_dir() -> Path:
+    """The demo reasoner shipped inside the package (a tiny model jaxthink trained itself)."""
+    path = Path(__file__).parent / "demo_model"
+    if not (path / "config.json").is_file():
+        raise CheckpointError(
+            f"{path}: the demo model is not in this installation; give --model DIR "
+            "(a Hugging Face checkpoint directory)"
+        )
+    return path

@@ -210,7 +210,9 @@ def _to_generation(tokenizer, req, i, r, out, pstate, tok, seconds) -> Generatio
     ph = phases[r, :length]
     ends = np.asarray(tok.eos)[ids] | np.asarray(tok.stop)[ids] if ids else np.zeros(0, bool)
     end_think = int(tok.end_think)
-    think_ids = [t for t, p in zip(ids, ph, strict=True) if p == THINK and t != end_think]
+    think_ids = [
+        t for t, p, e in zip(ids, ph, ends, strict=True) if p == THINK and t != end_think and not e
+    ]
     answer_ids = [t for t, p, e in zip(ids, ph, ends, strict=True) if p == ANSWER and not e]
     decode = lambda x: tokenizer.decode(x, skip_special_tokens=False)
     content = ids[:-1] if (ids and ends[-1]) else ids

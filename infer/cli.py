@@ -1,0 +1,175 @@
+"""`python -m infer`: generate with any mode from the command line.
+
+    python -m infer --mode think_budget=512 --prompt "What is 4821 + 967?"
+    echo "12*34" | python -m infer --mode thinkless --json
+    python -m infer --data problems.jsonl --mode think_budget=128,256 --n 8 --out runs/eval
+    python -m infer bench
+
+Without --model the shipped demo model answers. Human output shows the thinking dimmed, then the
+answer, the mode and token counts; --json prints one JSON object per sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from jaxthink.policies import ModeError, ModeOptions, modes_help, parse_modes
+
+DIM, BOLD, RESET = "\033[2m", "\033[1m", "\033[0m"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m infer",
+        description="Generate with a reasoning mode (subcommand `bench`: decode speed).",
+        epilog=modes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", help="checkpoint directory (default: the shipped demo model)")
+    p.add_argument(
+        "--mode", action="append", help="a mode, e.g. think_budget=512 (repeat or comma-sweep)"
+    )
+    p.add_argument("--prompt", action="append", help="a question (repeatable; default: stdin)")
+    p.add_argument("--data", help="a JSONL/Parquet file of problems: evaluate instead")
+    p.add_argument("--n", type=int, default=1, help="samples per prompt")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 1024 (demo: 320)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="rows decoded together")
+    p.add_argument("--json", action="store_true", help="one JSON object per sample on stdout")
+    p.add_argument("--out", help="output directory for an evaluation (--data)")
+    p.add_argument("--answer-prefix", default=ModeOptions.answer_prefix)
+    p.add_argument("--no-think-text", default=ModeOptions.no_think_text)
+    p.add_argument("--wait-text", default=ModeOptions.wait_text)
+    p.add_argument(
+        "--finish-line", action="store_true", help="budget forcing: end the line first (10%% grace)"
+    )
+    return p
+
+
+def parse_args(argv: list[str] | None):
+    """Parses and validates everything cheap to check, before any model is loaded."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.modes = [m for text in (args.mode or ["think"]) for m in parse_modes(text)]
+    except ModeError as e:
+        parser.error(str(e))
+    if args.n < 1:
+        parser.error(f"--n {args.n}: the number of samples per prompt must be at least 1")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+    if args.data is None and len(args.modes) > 1:
+        parser.error("several modes are for evaluation sweeps: give --data FILE, or one --mode")
+    args.options = ModeOptions(
+        no_think_text=args.no_think_text,
+        answer_prefix=args.answer_prefix,
+        finish_line=args.finish_line,
+        wait_text=args.wait_text,
+    )
+    return args
+
+
+def _prompts(args) -> list[str]:
+    if args.prompt:
+        return args.prompt
+    if sys.stdin is not None and not sys.stdin.isatty():
+        lines = [line.strip() for line in sys.stdin]
+        if any(lines):
+            return [line for line in lines if line]
+    return []
+
+
+def _show(g, out) -> None:
+    tokens_s = g.num_tokens / g.seconds if g.seconds > 0 else float("nan")
+    print(f"{BOLD}Q:{RESET} {g.prompt}", file=out)
+    if g.thinking:
+        print(f"{DIM}{g.thinking.strip()}{RESET}", file=out)
+    print(f"{BOLD}A:{RESET} {g.answer.strip()}", file=out)
+    forced = ", budget forced" if g.budget_forced else ""
+    print(
+        f"{DIM}[mode {g.mode} -> {g.chosen_mode}{forced} | thinking {g.num_thinking_tokens} "
+        f"+ answer {g.num_answer_tokens} tokens | {g.finish_reason} | {tokens_s:.0f} tok/s]{RESET}\n",
+        file=out,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from infer.bench import main as bench
+
+        return bench(argv[1:])
+    args = parse_args(argv)
+    try:
+        _main(args)
+    except ValueError as e:  # every input error jaxthink raises is a ValueError with a message
+        sys.exit(f"python -m infer: error: {e}")
+
+
+def _main(args) -> None:
+    import jaxthink
+    from jaxthink.loading import demo_model_dir
+
+    model_dir = args.model or demo_model_dir()
+    model, tokenizer, _ = jaxthink.load(model_dir)
+    demo = args.model is None
+    max_new = args.max_new_tokens or (320 if demo else 1024)
+    if args.data:
+        from infer.evaluate import evaluate_cli
+
+        return evaluate_cli(args, model, tokenizer, max_new)
+    prompts = _prompts(args) or (demo_examples() if demo else [])
+    if not prompts:
+        sys.exit("no prompts: give --prompt TEXT (repeatable) or prompts on stdin, one per line")
+    run(args, model, tokenizer, prompts, max_new)
+
+
+def demo_examples() -> list[str]:
+    """A few built-in problems of rising difficulty, for the demo model with no prompt."""
+    return ["7+5", "482+359", "48213-9672", "347*26", "5821*47"]
+
+
+def run(args, model, tokenizer, prompts: list[str], max_new: int) -> None:
+    import jaxthink
+
+    progress = (
+        _progress_bar(len(prompts) * args.n) if len(prompts) * args.n > args.batch_size else None
+    )
+    t0 = time.perf_counter()
+    results = jaxthink.generate(
+        model,
+        tokenizer,
+        prompts,
+        args.modes[0],
+        n=args.n,
+        max_new_tokens=max_new,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        options=args.options,
+        batch_size=args.batch_size,
+        progress=progress.update if progress else None,
+    )
+    if progress:
+        progress.close()
+    for g in results:
+        if args.json:
+            print(json.dumps(g.to_json()), flush=True)
+        else:
+            _show(g, sys.stdout)
+    if not args.json:
+        total = sum(g.num_tokens for g in results)
+        print(f"{len(results)} samples, {total} tokens in {time.perf_counter() - t0:.1f}s")
+
+
+def _progress_bar(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="sample", file=sys.stderr)
