@@ -16,18 +16,25 @@ def default_dtype():
 
 
 def load(
-    path: str | Path, *, dtype=None, tokenizer: bool = True
+    path: str | Path, *, dtype=None, tokenizer: bool = True, mesh=None, rules=None
 ) -> tuple[Qwen, object, ModelConfig]:
     """Loads a local Hugging Face checkpoint directory (never downloads).
 
     Returns the NNX model (split it with `nnx.split` for a params pytree), the tokenizer from the
-    same directory (None with `tokenizer=False`) and the model config.
+    same directory (None with `tokenizer=False`) and the model config. With a `mesh`, each tensor
+    goes straight onto its sharding under `rules` (default: the sampling rules).
     """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a directory (expected a Hugging Face checkpoint dir)")
     cfg = ModelConfig.from_file(path / "config.json")
-    model = load_params(path, cfg, dtype=dtype or default_dtype())
+    place = None
+    if mesh is not None:
+        from jaxthink import sharding
+
+        sharding.check_model_fits(mesh, cfg)
+        place = sharding.placer(mesh, rules or sharding.SAMPLE_RULES)
+    model = load_params(path, cfg, dtype=dtype or default_dtype(), place=place)
     tok = None
     if tokenizer:
         from jaxthink.tokenizer import load_tokenizer

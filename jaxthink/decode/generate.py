@@ -20,6 +20,7 @@ from jaxthink.decode import sampler
 from jaxthink.decode.sampler import FINISH_REASONS, Sampling
 from jaxthink.policies.modes import ANSWER, THINK, Mode, ModeOptions, parse_mode, row_setup
 from jaxthink.policies.policy import PolicyParams, PolicyTokens
+from jaxthink.sharding import batch_size_multiple, mesh_of
 from jaxthink.tokenizer import control_tokens, format_prompt, thinking_prefix_in_prompt
 
 
@@ -151,14 +152,16 @@ def generate(
     graphdef, params = nnx.split(model)
     tok = policy_tokens(tokenizer, opts, cfg.vocab_size, stop_tokens)
     rows = len(encoded)
+    multiple = batch_size_multiple(mesh_of(params))
     batch_size = batch_size or rows
     results: list[Generation] = []
     for start in range(0, rows, batch_size):
         idx = list(range(start, min(start + batch_size, rows)))
+        filler = [idx[-1]] * (-len(idx) % multiple)  # rows split evenly over the mesh's batch axes
         results += _run_batch(
-            graphdef, params, tokenizer, req, encoded, idx, tok, max_new_tokens,
+            graphdef, params, tokenizer, req, encoded, idx + filler, tok, max_new_tokens,
             (temperature, top_k, top_p, seed),
-        )  # fmt: skip
+        )[: len(idx)]  # fmt: skip
         if progress is not None:
             progress(len(idx))
     return results

@@ -22,6 +22,7 @@ from jaxthink.decode.sampling import choose_tokens
 from jaxthink.models.qwen import KVCache, forward_cached, init_cache
 from jaxthink.policies import policy
 from jaxthink.policies.policy import PolicyParams, PolicyState, PolicyTokens
+from jaxthink.sharding import batch_sharding, batch_size_multiple, constrain_cache, mesh_of
 
 Array = jax.Array
 RUNNING, EOS, STOP, LENGTH = 0, 1, 2, 3
@@ -56,13 +57,14 @@ class LoopState:
     policy: PolicyState
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "queue_width"))
-def prefill(graphdef, params, tokens, valid, pparams, max_new: int, queue_width: int):
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "queue_width", "mesh"))
+def prefill(graphdef, params, tokens, valid, pparams, max_new: int, queue_width: int, mesh=None):
     """Runs the left-padded prompts into a fresh cache; returns the decode loop's first state."""
     TRACE_COUNT["prefill"] += 1
     model = nnx.merge(graphdef, params)
     cache_length = tokens.shape[1] + max_new
     cache = init_cache(model.cfg, tokens.shape[0], cache_length, params_dtype(params))
+    cache = constrain_cache(cache, mesh)
     logits, cache = forward_cached(model, tokens, valid, cache, last_only=True)
     return init_loop(logits[:, 0].astype(jnp.float32), cache, pparams, queue_width, max_new)
 
@@ -95,7 +97,7 @@ def self_certainty(logits: Array) -> Array:
     return lse - jnp.mean(logits, axis=-1) - jnp.log(v)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "mesh"), donate_argnames=("state",))
 def decode(
     graphdef,
     params,
@@ -104,6 +106,7 @@ def decode(
     tok: PolicyTokens,
     sampling: Sampling,
     pad_id: Array,
+    mesh=None,
 ) -> LoopState:
     """Generates until every row has ended or the token buffer is full."""
     TRACE_COUNT["decode"] += 1
@@ -132,6 +135,7 @@ def decode(
         )
         col = s.step
         logits, cache = forward_cached(model, token[:, None], active[:, None], s.cache)
+        cache = constrain_cache(cache, mesh)
         return LoopState(
             step=s.step + 1,
             cache=cache,
@@ -176,8 +180,16 @@ def sample(
     pad_id: int = 0,
 ) -> LoopState:
     """Prefill + decode for a batch of token-id prompts; returns the final loop state on host."""
+    mesh = mesh_of(params)
+    multiple = batch_size_multiple(mesh)
+    if len(prompt_ids) % multiple:
+        raise ValueError(
+            f"{len(prompt_ids)} rows do not split over the mesh's data x fsdp = {multiple} devices"
+        )
     tokens, valid = left_pad(prompt_ids, pad_id)
+    if mesh is not None:
+        tokens, valid = (jax.device_put(x, batch_sharding(mesh, 2)) for x in (tokens, valid))
     queue_width = tok.end_seq.shape[0]
-    state = prefill(graphdef, params, tokens, valid, pparams, max_new_tokens, queue_width)
-    state = decode(graphdef, params, state, pparams, tok, sampling, jnp.int32(pad_id))
+    state = prefill(graphdef, params, tokens, valid, pparams, max_new_tokens, queue_width, mesh)
+    state = decode(graphdef, params, state, pparams, tok, sampling, jnp.int32(pad_id), mesh)
     return jax.device_get(state.replace(cache=None, logits=None))

@@ -160,16 +160,16 @@ def load_params(
     cfg: ModelConfig,
     *,
     dtype=jnp.float32,
-    place: Callable[[tuple, np.ndarray], jax.Array] | None = None,
+    place: Callable[[np.ndarray, nnx.Param], jax.Array] | None = None,
 ) -> Qwen:
     """Builds the model from the checkpoint's tensors.
 
-    `place(path, array)` puts one tensor on its device(s); the default is the default device.
-    The sharding layer passes a function that `device_put`s onto each parameter's sharding.
+    `place(array, param)` puts one tensor on its device(s); the default is the default device.
+    `jaxthink.sharding.placer` `device_put`s each straight onto its parameter's sharding.
     """
     directory = Path(directory)
     model = nnx.eval_shape(lambda: Qwen(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
-    place = place or (lambda path, x: jnp.asarray(x))
+    place = place or (lambda x, param: jnp.asarray(x))
     loaded: set[tuple] = set()
     for file in safetensors_files(directory):
         for name, tensor in read_safetensors(file):
@@ -195,7 +195,7 @@ def load_params(
                     f"expected {expected} from config.json"
                 )
             array = hf_to_param(np.asarray(tensor).astype(target.dtype), kind, target.shape)
-            param.set_value(place(path, array))
+            param.set_value(place(array, param))
             loaded.add(path)
     missing = [_hf_rule(p)[0] for p, _ in _param_paths(model) if p not in loaded]
     if missing:
