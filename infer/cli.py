@@ -64,6 +64,10 @@ def parse_args(argv: list[str] | None):
         parser.error(f"--n {args.n}: the number of samples per prompt must be at least 1")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         parser.error(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+    if args.data and not args.out:
+        parser.error(
+            f"--data {args.data} needs --out DIR (samples, summary, table and plots go there)"
+        )
     if args.data is None and len(args.modes) > 1:
         parser.error("several modes are for evaluation sweeps: give --data FILE, or one --mode")
     args.options = ModeOptions(

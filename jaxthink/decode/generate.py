@@ -8,6 +8,7 @@ batch, builds the per-row arrays, runs the sampler and turns its arrays into rea
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Sequence
 
@@ -89,6 +90,16 @@ def prepare(tokenizer, questions: Sequence[str], mode, n: int, opts: ModeOptions
     return GenerateRequest(prompts, rows_q, rows_m, setups)
 
 
+@functools.lru_cache(maxsize=8)
+def _newline_ids(tokenizer, vocab_size: int) -> tuple[int, ...]:
+    """Ids of tokens whose text holds a newline (a walk over the vocabulary, so cached)."""
+    return tuple(
+        i
+        for token, i in tokenizer.get_vocab().items()
+        if i < vocab_size and "\n" in tokenizer.convert_tokens_to_string([token])
+    )
+
+
 def policy_tokens(tokenizer, opts: ModeOptions, vocab_size: int, stop_ids=()) -> PolicyTokens:
     control = control_tokens(tokenizer)
     enc = lambda s: tokenizer.encode(s, add_special_tokens=False)
@@ -97,9 +108,7 @@ def policy_tokens(tokenizer, opts: ModeOptions, vocab_size: int, stop_ids=()) ->
     width = max(len(end_seq), len(wait_seq), 1)
     pad = lambda seq: jnp.array(seq + [-1] * (width - len(seq)), jnp.int32)
     newline = np.zeros(vocab_size, bool)
-    for token, i in tokenizer.get_vocab().items():
-        if i < vocab_size and "\n" in tokenizer.convert_tokens_to_string([token]):
-            newline[i] = True
+    newline[list(_newline_ids(tokenizer, vocab_size))] = True
     mask = lambda ids: jnp.zeros(vocab_size, bool).at[jnp.array(list(ids), jnp.int32)].set(True)
     scalar = lambda i: jnp.int32(-1 if i is None else i)
     return PolicyTokens(
@@ -125,7 +134,7 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     top_k: int = 0,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     options: ModeOptions | None = None,
     stop_tokens: Sequence[int] = (),
     batch_size: int | None = None,
@@ -136,11 +145,15 @@ def generate(
 
     Rows of one batch may mix modes and budgets. `chat=False` uses the prompts as already-formatted
     text. Results come in prompt order, the n samples of a prompt next to each other.
+    `seed` is one seed, or one per prompt; sample j of prompt p draws from its own key, so it
+    does not depend on batching or on the other prompts.
     """
     opts = options or ModeOptions()
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: must be at least 1")
     req = prepare(tokenizer, prompts, mode, n, opts, chat)
+    if isinstance(seed, Sequence) and len(seed) * n != len(req.prompts):
+        raise ValueError(f"seed: got {len(seed)} seeds for {len(req.prompts) // n} prompts")
     encoded = [tokenizer.encode(p, add_special_tokens=False) for p in req.prompts]
     cfg = model.cfg
     for i, ids in enumerate(encoded):
@@ -160,15 +173,25 @@ def generate(
         filler = [idx[-1]] * (-len(idx) % multiple)  # rows split evenly over the mesh's batch axes
         results += _run_batch(
             graphdef, params, tokenizer, req, encoded, idx + filler, tok, max_new_tokens,
-            (temperature, top_k, top_p, seed),
+            (temperature, top_k, top_p, seed, n),
         )[: len(idx)]  # fmt: skip
         if progress is not None:
             progress(len(idx))
     return results
 
 
+def row_key(seed: int | Sequence[int], prompt: int, sample: int) -> jax.Array:
+    """The PRNG key of sample `sample` of prompt `prompt`."""
+    base = (
+        jax.random.key(seed[prompt])
+        if isinstance(seed, Sequence)
+        else jax.random.fold_in(jax.random.key(seed), prompt)
+    )
+    return jax.random.fold_in(base, sample)
+
+
 def _run_batch(graphdef, params, tokenizer, req, encoded, idx, tok, max_new, sampling_args):
-    temperature, top_k, top_p, seed = sampling_args
+    temperature, top_k, top_p, seed, n = sampling_args
     b = len(idx)
     setups = [req.setups[i] for i in idx]
     column = lambda field: jnp.array([getattr(s, field) for s in setups], jnp.int32)
@@ -179,12 +202,11 @@ def _run_batch(graphdef, params, tokenizer, req, encoded, idx, tok, max_new, sam
         grace=column("grace"),
         extend=column("extend"),
     )
-    root = jax.random.key(seed)
     sampling = Sampling(
         temperature=jnp.full((b,), temperature, jnp.float32),
         top_k=jnp.full((b,), top_k, jnp.int32),
         top_p=jnp.full((b,), top_p, jnp.float32),
-        keys=jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.array(idx)),
+        keys=jnp.stack([row_key(seed, i // n, i % n) for i in idx]),
     )
     t0 = time.perf_counter()
     pad_id = tokenizer.pad_token_id or 0
