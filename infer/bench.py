@@ -1,8 +1,9 @@
 """`python -m infer bench`: decode speed of jaxthink next to transformers `generate`, one run.
 
 Both run the same random-weight model (written once in the HF format and loaded by each) on the
-same prompts, fp32 on CPU, after a warm-up; the table gives tokens/s, their ratio, and the
-memory-bandwidth floor (weight bytes / read bandwidth measured in this run).
+same prompts, fp32 on CPU, after a warm-up. Decode time is a run of N new tokens minus a run of
+one (the prompt's prefill), for both; the table gives decode tokens/s, their ratio, and the
+memory-bandwidth floor (weight bytes / read bandwidth measured in this run) per step.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def _best_of(fn, repeats: int) -> float:
 
 
 def _time_jaxthink(graphdef, params, prompts, new_tokens, rows, tok, repeats) -> float:
+    """Seconds of the decode steps alone: a run of `new_tokens` minus a run of one token."""
     from jaxthink.decode import sampler
 
     b = len(prompts)
@@ -80,9 +82,9 @@ def _time_jaxthink(graphdef, params, prompts, new_tokens, rows, tok, repeats) ->
         temperature=jnp.zeros((b,)), top_k=jnp.zeros((b,), jnp.int32),
         top_p=jnp.ones((b,)), keys=jax.random.split(jax.random.key(0), b),
     )  # fmt: skip
-    run = lambda: sampler.sample(graphdef, params, prompts, rows, tok, sampling, new_tokens)
-    run()  # warm-up: compiles prefill and decode
-    return _best_of(run, repeats)
+    run = lambda k: sampler.sample(graphdef, params, prompts, rows, tok, sampling, k)
+    run(1), run(new_tokens)  # warm-up: compiles prefill and decode
+    return _best_of(lambda: run(new_tokens), repeats) - _best_of(lambda: run(1), repeats)
 
 
 def _time_transformers(model, prompts, new_tokens, repeats) -> float:
@@ -98,9 +100,10 @@ def _time_transformers(model, prompts, new_tokens, repeats) -> float:
         attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
         do_sample=False, pad_token_id=0, eos_token_id=None,
     )  # fmt: skip
+    run = lambda k: model.generate(ids, **{**kw, "max_new_tokens": k, "min_new_tokens": k})
     with torch.inference_mode():
-        model.generate(ids, **{**kw, "max_new_tokens": 8, "min_new_tokens": 8})
-        return _best_of(lambda: model.generate(ids, **kw), repeats)
+        run(8)  # warm-up
+        return _best_of(lambda: run(new_tokens), repeats) - _best_of(lambda: run(1), repeats)
 
 
 def _mode_rows(b: int, kind: str):
@@ -156,12 +159,13 @@ def run(shapes, batches, new_tokens: int, prompt_len: int, repeats: int) -> list
             )
             theirs = _time_transformers(hf, prompts, new_tokens, repeats)
             floor_ms = weight_bytes / (bandwidth * 1e9) * 1e3
+            steps = new_tokens - 1  # decode steps after the first token (which prefill gives)
             rows.append(
                 dict(
                     model=shape, batch=b, params_m=cfg.num_params / 1e6,
-                    jaxthink_tok_s=b * new_tokens / ours, transformers_tok_s=b * new_tokens / theirs,
-                    speedup=theirs / ours, ms_per_step=ours / new_tokens * 1e3,
-                    floor_ms=floor_ms, vs_floor=ours / new_tokens * 1e3 / floor_ms,
+                    jaxthink_tok_s=b * steps / ours, transformers_tok_s=b * steps / theirs,
+                    speedup=theirs / ours, ms_per_step=ours / steps * 1e3,
+                    floor_ms=floor_ms, vs_floor=ours / steps * 1e3 / floor_ms,
                     mixed_overhead=mixed / ours - 1,
                 )
             )  # fmt: skip

@@ -61,9 +61,9 @@ def hf_greedy(hf, prompts, max_new):
     return out[:, width:].numpy()
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
-def test_greedy_equals_transformers_generate(family, tmp_path):
-    hf = write_tiny_hf(tmp_path, family)
+@pytest.mark.parametrize("family, tied", [("qwen2", False), ("qwen3", False), ("qwen2", True)])
+def test_greedy_equals_transformers_generate(family, tied, tmp_path):
+    hf = write_tiny_hf(tmp_path, family, tie_word_embeddings=tied)
     model, _, _ = jaxthink.load(tmp_path, tokenizer=False)
     graphdef, params = nnx.split(model)
     b = len(PROMPTS)

@@ -186,8 +186,11 @@ class Qwen(nnx.Module):
                 (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), dtype, rngs
             )
 
-    def logits(self, x: Array) -> Array:
+    def logits(self, x: Array, head: Array | None = None) -> Array:
+        """Next-token logits; `head` [E, V] stands in for the output matrix when given."""
         x = self.final_norm(x)
+        if head is not None:
+            return x @ head
         if self.cfg.tie_word_embeddings:
             return jnp.einsum("bte,ve->btv", x, self.embed[...])
         return x @ self.lm_head[...]
@@ -213,7 +216,13 @@ def forward(model: Qwen, tokens: Array, valid: Array) -> Array:
 
 
 def forward_cached(
-    model: Qwen, tokens: Array, valid: Array, cache: KVCache, *, last_only: bool = False
+    model: Qwen,
+    tokens: Array,
+    valid: Array,
+    cache: KVCache,
+    *,
+    last_only: bool = False,
+    head: Array | None = None,
 ) -> tuple[Array, KVCache]:
     """Appends tokens [B, T] (pads marked False in `valid`) to the cache; returns their logits.
 
@@ -244,4 +253,4 @@ def forward_cached(
         index=cache.index + t,
         pos=cache.pos + valid.sum(axis=1, dtype=jnp.int32),
     )
-    return model.logits(x), cache
+    return model.logits(x, head), cache
