@@ -1,0 +1,69 @@
+"""Training records: read from JSONL/Parquet or generated, then streamed through grain.
+
+The stream is the same for SFT samples and RL prompts: shuffled deterministically from a seed
+(a new order every epoch), sharded by JAX process (process i takes every i-th record of the
+shuffled order, so processes never share a record), repeated without end. Its iterators are
+checkpointable (`get_state` / `set_state`), which is how a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grain
+import jax
+
+from jaxthink.training.config import DataSource
+
+FORMATS = (".jsonl", ".json", ".parquet")
+
+
+def read_records(source: DataSource) -> list[dict]:
+    """All records of a data source: the file's rows, or synthetic arithmetic problems."""
+    if not source.path:
+        from jaxthink.data.arithmetic import generate_problems
+
+        return generate_problems(source.count, source.levels, seed=source.seed)
+    path = Path(source.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.path {path}: no such file")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        records = pq.read_table(path).to_pylist()
+    elif path.suffix in (".jsonl", ".json"):
+        with path.open(encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    else:
+        raise ValueError(f"data.path {path}: unknown format; accepted: {', '.join(FORMATS)}")
+    if not records:
+        raise ValueError(f"data.path {path}: no records")
+    return records
+
+
+def record_stream(items: list, seed: int) -> grain.MapDataset:
+    """`items` shuffled from `seed` (reshuffled every epoch), this process's shard, repeated."""
+    if not items:
+        raise ValueError("no training items to stream")
+    ds = grain.MapDataset.source(items).shuffle(seed=seed)
+    count, index = jax.process_count(), jax.process_index()
+    if count > 1:
+        ds = ds.slice(slice(index, None, count))
+    return ds.repeat()
+
+
+def prompt_batches(records: list[dict], per_step: int, seed: int) -> grain.IterDataset:
+    """RL prompts: lists of `per_step` records (per process), in a checkpointable stream."""
+    for i, record in enumerate(records):
+        if "answer" not in record or not ("prompt" in record or "question" in record):
+            raise ValueError(
+                f"RL record {i} has keys {sorted(record)}; expected 'prompt' (or 'question') "
+                "and 'answer'"
+            )
+    local = per_step // jax.process_count()
+    return record_stream(records, seed).batch(local, batch_fn=list).to_iter_dataset()
+
+
+def question_of(record: dict) -> str:
+    return record["prompt"] if "prompt" in record else record["question"]

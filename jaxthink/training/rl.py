@@ -1,0 +1,249 @@
+"""On-policy reinforcement learning of when to think: DeGRPO (and vanilla GRPO beside it).
+
+One step:
+    prompts --rollout (G samples each, compiled sampler)--> graded, rewarded responses
+      --group_advantages--> A_i
+      --response_logprobs under the rollout params (old) and the frozen start (ref)-->
+      --shuffle rows, split into `mini_batches`; each: accumulate policy-loss gradients over
+        micro-batches, one AdamW update--> params
+
+`make_rl_update(graphdef, tx, loss_cfg, temperature)` is a pure function of
+(params, opt_state, batch) whose batch leaves carry a leading micro-batch axis [M, m, ...].
+The loss of a mini-batch is assembled from (sum, denominator) terms (jaxthink.rl.losses): the
+denominators come from the whole mini-batch's mask first, so the micro-batch losses and
+gradients add up to exactly the full mini-batch's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from contextlib import closing
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxthink.rl import (
+    combine_terms,
+    group_advantages,
+    loss_denominators,
+    loss_terms,
+    merge_terms,
+    summarize_terms,
+    with_denominators,
+)
+from jaxthink.rl.losses import LossConfig
+from jaxthink.training import run as runlib
+from jaxthink.training.config import OptimConfig, RLConfig
+from jaxthink.training.logprobs import response_logprobs
+from jaxthink.training.metrics import MetricsLog, console_line, plot_metric
+from jaxthink.training.model_setup import build_model
+from jaxthink.training.optim import apply_gradients, make_optimizer
+from jaxthink.training.records import prompt_batches, read_records
+from jaxthink.training.rollout import Rollout, collect, rollout_metrics
+
+CONSOLE_KEYS = ("reward", "think_ratio", "accuracy_short", "accuracy_think", "kl_mean", "seconds")
+SEQUENCE_KEYS = ("prompt_tokens", "prompt_valid", "response_tokens", "response_mask")
+
+
+def micro_batch_terms(graphdef, params, micro: dict, cfg: LossConfig, temperature: float):
+    """`loss_terms` of one micro-batch, its log-probs and entropies recomputed from `params`."""
+    logp, entropy = response_logprobs(
+        nnx.merge(graphdef, params), *(micro[k] for k in SEQUENCE_KEYS), temperature
+    )
+    return loss_terms(
+        logp,
+        micro["old_logp"],
+        micro["advantages"],
+        micro["response_mask"],
+        cfg,
+        micro.get("ref_logp"),
+        entropy,
+    )
+
+
+def accumulate_gradients(graphdef, params, batch: dict, cfg: LossConfig, temperature: float):
+    """(loss, grads, terms) of a mini-batch whose leaves are [M, m, ...], summed over the M
+    micro-batches; equal to the loss and gradient of the M*m rows at once."""
+    mask = batch["response_mask"]
+    den = loss_denominators(mask.reshape(-1, mask.shape[-1]), cfg)
+
+    def loss_fn(p, micro):
+        terms = micro_batch_terms(graphdef, p, micro, cfg, temperature)
+        return combine_terms(with_denominators(terms, den), cfg), terms
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    first = jax.tree.map(lambda x: x[0], batch)
+    zero_terms = jax.tree.map(jnp.zeros_like, jax.eval_shape(loss_fn, params, first)[1])
+
+    def body(carry, micro):
+        grads, loss, terms = carry
+        (micro_loss, micro_terms), micro_grads = grad_fn(params, micro)
+        grads = jax.tree.map(jnp.add, grads, micro_grads)
+        return (grads, loss + micro_loss, merge_terms(terms, micro_terms)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (grads, loss, terms), _ = jax.lax.scan(body, (zeros, jnp.float32(0.0), zero_terms), batch)
+    return loss, grads, with_denominators(terms, den)
+
+
+def make_rl_update(graphdef, tx, cfg: LossConfig, temperature: float):
+    """update(params, opt_state, batch) -> (params, opt_state, metrics); pure, jit it."""
+
+    def update(params, opt_state, batch):
+        loss, grads, terms = accumulate_gradients(graphdef, params, batch, cfg, temperature)
+        params, opt_state, stats = apply_gradients(tx, params, opt_state, grads, loss)
+        return params, opt_state, {**summarize_terms(terms, cfg), **stats}
+
+    return update
+
+
+def make_logprobs(graphdef, temperature: float):
+    """logprobs(params, prompt_tokens, prompt_valid, response_tokens, response_mask) -> [B, R];
+    jit it (the old and reference log-probs)."""
+
+    def logprobs(params, *sequences):
+        return response_logprobs(nnx.merge(graphdef, params), *sequences, temperature)[0]
+
+    return logprobs
+
+
+@dataclasses.dataclass
+class RLSetup:
+    """The fixed parts of an RL run: config, model structure, tokenizer, compiled functions."""
+
+    cfg: RLConfig
+    graphdef: object
+    tokenizer: object
+    ref_params: object  # the frozen reference (the starting parameters); None without KL
+    update: object  # jitted make_rl_update
+    logprobs: object  # jitted make_logprobs
+
+    @classmethod
+    def create(cls, cfg: RLConfig, graphdef, tokenizer, start_params) -> tuple[RLSetup, object]:
+        """(setup, optimizer); the reference is a copy of `start_params` (those get donated)."""
+        total = cfg.steps * cfg.mini_batches
+        tx, update, logprobs = compiled_rl_functions(
+            graphdef, cfg.optim, total, cfg.loss, cfg.rollout.temperature
+        )
+        ref = None
+        if cfg.loss.kl_coef > 0:
+            ref = runlib.commit(jax.tree.map(jnp.copy, start_params))
+        return cls(cfg, graphdef, tokenizer, ref, update, logprobs), tx
+
+
+@functools.lru_cache(maxsize=8)
+def compiled_rl_functions(graphdef, optim: OptimConfig, total: int, loss: LossConfig, temp: float):
+    """(optimizer, jitted update, jitted log-probs), cached so that runs of one model shape and
+    settings in a process share the compiled programs."""
+    tx = make_optimizer(optim, total)
+    update = jax.jit(make_rl_update(graphdef, tx, loss, temp), donate_argnums=(0, 1))
+    return tx, update, jax.jit(make_logprobs(graphdef, temp))
+
+
+def batch_logprobs(setup: RLSetup, params, arrays: dict, chunk: int) -> np.ndarray:
+    """Log-probs [B, R] of all rows, `chunk` rows per call."""
+    rows = arrays["response_tokens"].shape[0]
+    parts = [
+        setup.logprobs(params, *(arrays[k][i : i + chunk] for k in SEQUENCE_KEYS))
+        for i in range(0, rows, chunk)
+    ]
+    return np.concatenate(jax.device_get(parts), axis=0)
+
+
+def training_arrays(rollout: Rollout, cfg: RLConfig) -> dict[str, np.ndarray]:
+    advantages = group_advantages(rollout.rewards, cfg.rollout.group_size, cfg.normalize_std)
+    return {
+        "prompt_tokens": rollout.prompt_tokens,
+        "prompt_valid": rollout.prompt_valid,
+        "response_tokens": rollout.response_tokens,
+        "response_mask": rollout.response_mask,
+        "advantages": np.asarray(advantages),
+    }
+
+
+def mini_batches(arrays: dict, order: np.ndarray, count: int, micro_rows: int) -> list[dict]:
+    """Rows in `order`, cut into `count` mini-batches with leaves [M, micro_rows, ...]."""
+    size = len(order) // count
+    out = []
+    for k in range(count):
+        rows = order[k * size : (k + 1) * size]
+        out.append({n: a[rows].reshape(-1, micro_rows, *a.shape[1:]) for n, a in arrays.items()})
+    return out
+
+
+def _mean_metrics(updates: list[dict]) -> dict[str, float]:
+    keys = [k for k in updates[0] if k != "finite"]
+    out = {k: float(np.mean([u[k] for u in updates])) for k in keys}
+    out["finite"] = all(bool(u["finite"]) for u in updates)
+    return out
+
+
+def rl_step(setup: RLSetup, params, opt_state, records: list[dict], key: jax.Array):
+    """One on-policy round; (params, opt_state, metrics). Stops updating at a non-finite one."""
+    cfg = setup.cfg
+    rollout_key, order_key = jax.random.split(key)
+    seed = int(jax.random.randint(rollout_key, (), 0, 2**31 - 1))
+    t0 = time.perf_counter()
+    model = nnx.merge(setup.graphdef, params)
+    rollout = collect(model, setup.tokenizer, records, cfg.rollout, cfg.reward, seed)
+    t1 = time.perf_counter()
+    arrays = training_arrays(rollout, cfg)
+    arrays["old_logp"] = batch_logprobs(setup, params, arrays, cfg.micro_rows)
+    if setup.ref_params is not None:
+        arrays["ref_logp"] = batch_logprobs(setup, setup.ref_params, arrays, cfg.micro_rows)
+    t2 = time.perf_counter()
+    order = np.asarray(jax.random.permutation(order_key, rollout.rows))
+    updates = []
+    for mini in mini_batches(arrays, order, cfg.mini_batches, cfg.micro_rows):
+        params, opt_state, metrics = setup.update(params, opt_state, mini)
+        updates.append(jax.device_get(metrics))
+        if not updates[-1]["finite"]:
+            break
+    t3 = time.perf_counter()
+    generated = int(rollout.lengths.sum())
+    metrics = {
+        **rollout_metrics(rollout),
+        **_mean_metrics(updates),
+        "seconds_rollout": t1 - t0,
+        "seconds_logprobs": t2 - t1,
+        "seconds_update": t3 - t2,
+        "seconds": t3 - t0,
+        "generated_tokens": generated,
+        "rollout_tokens_per_s": generated / max(t1 - t0, 1e-9),
+        "tokens_per_s": (rollout.prompt_tokens.size + rollout.response_tokens.size) / (t3 - t0),
+    }
+    return params, opt_state, metrics
+
+
+def train_rl(cfg: RLConfig, log=print) -> runlib.TrainState:
+    """Runs (or resumes) RL to `cfg.steps`; returns the final state. See the module doc."""
+    run_dir, ckpt = runlib.prepare_run_dir(cfg)
+    model, tokenizer, _ = build_model(cfg.model, run_dir)
+    graphdef, params = nnx.split(model)
+    setup, tx = RLSetup.create(cfg, graphdef, tokenizer, params)
+    prompts = prompt_batches(read_records(cfg.data), cfg.rollout.prompts_per_step, cfg.data.seed)
+    with closing(iter(prompts)) as data_iter:
+        state = runlib.start_state(cfg, ckpt, params, tx, data_iter, log)
+        metrics_log = MetricsLog(run_dir / "metrics.jsonl", resume_step=state.step)
+        while state.step < cfg.steps:
+            key, step_key = jax.random.split(jax.random.wrap_key_data(state.rng))
+            records = next(data_iter)
+            params, opt_state, metrics = rl_step(
+                setup, state.params, state.opt_state, records, step_key
+            )
+            runlib.check_finite(metrics, state.step + 1, ckpt)
+            state = runlib.TrainState(state.step + 1, params, opt_state, jax.random.key_data(key))
+            t0 = time.perf_counter()
+            runlib.save(ckpt, state, data_iter)
+            record = {"step": state.step, **metrics, "seconds_checkpoint": time.perf_counter() - t0}
+            record.pop("finite")
+            metrics_log.write(record)
+            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                log(console_line(record, CONSOLE_KEYS))
+        runlib.finish(cfg, ckpt, state, data_iter, graphdef, tokenizer, log)
+    plot_metric(run_dir / "metrics.jsonl", run_dir / "think_ratio.png")
+    return state

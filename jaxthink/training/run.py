@@ -1,0 +1,107 @@
+"""What every training run shares: its directory, resuming, saving, and stopping on NaN.
+
+`start_run` prepares `run_dir` (the resolved config is written to `run_dir/config.yaml`) and
+restores the latest checkpoint when `resume` allows it. `TrainState` is the host-side bundle of
+what a checkpoint holds. `check_finite` turns a non-finite step into `TrainingStopped` with a
+message that names the step, the numbers and the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import yaml
+
+from jaxthink.training.checkpoint import Checkpointer, export_model
+from jaxthink.training.configfile import to_dict
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped before its last step (a non-finite loss or update)."""
+
+
+@dataclasses.dataclass
+class TrainState:
+    """The optimizer step count, parameters (an nnx.State), optimizer state and PRNG key data."""
+
+    step: int
+    params: object
+    opt_state: object
+    rng: jax.Array  # uint32 key data (jax.random.key_data), so it saves like any array
+
+    def tree(self) -> dict:
+        return {"params": self.params, "opt_state": self.opt_state, "rng": self.rng}
+
+
+def commit(tree):
+    """Every array placed (committed) on its current sharding, as restored checkpoints are.
+
+    jit compiles separately for committed and uncommitted inputs; committing fresh state too
+    lets a fresh and a resumed run in one process share their compiled programs.
+    """
+    return jax.tree.map(lambda x: jax.device_put(x, x.sharding), tree)
+
+
+def prepare_run_dir(cfg) -> tuple[Path, Checkpointer]:
+    """Creates run_dir, refuses to clobber an old run when resume is off, saves the config."""
+    run_dir = Path(cfg.run_dir)
+    ckpt = Checkpointer(run_dir / "checkpoints", cfg.save_every, cfg.keep_checkpoints)
+    if not cfg.resume and ckpt.latest_step() is not None:
+        raise FileExistsError(
+            f"{run_dir} already holds checkpoints (latest step {ckpt.latest_step()}); "
+            "pass resume=true to continue that run, or choose another run_dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return run_dir, ckpt
+
+
+def start_state(cfg, ckpt: Checkpointer, params, tx, data_iter, log=print) -> TrainState:
+    """Step 0 from `params` and `cfg.seed`, or with `cfg.resume` the latest checkpoint (the
+    data iterator then moves to where that checkpoint left it)."""
+    rng = jax.random.key_data(jax.random.key(cfg.seed))
+    state = TrainState(0, *commit((params, tx.init(params), rng)))
+    return restore_latest(ckpt, state, data_iter, log) if cfg.resume else state
+
+
+def restore_latest(ckpt: Checkpointer, state: TrainState, data_iter, log=print) -> TrainState:
+    """`state` replaced by the latest checkpoint (and the data iterator moved to it), if any."""
+    step = ckpt.latest_step()
+    if step is None:
+        return state
+    tree, data_state = ckpt.restore(step, state.tree())
+    data_iter.set_state(data_state)
+    log(f"resumed from {ckpt.directory / str(step)}")
+    return TrainState(step, tree["params"], tree["opt_state"], tree["rng"])
+
+
+def save(ckpt: Checkpointer, state: TrainState, data_iter, *, force: bool = False) -> bool:
+    return ckpt.save(state.step, state.tree(), data_iter.get_state(), force=force)
+
+
+def check_finite(metrics: dict, step: int, ckpt: Checkpointer) -> None:
+    """Raises TrainingStopped if the step was not finite; the last good checkpoint stays as is."""
+    if bool(metrics["finite"]):
+        return
+    ckpt.wait()
+    last = ckpt.latest_step()
+    where = f"{ckpt.directory / str(last)} (step {last})" if last is not None else "none saved"
+    numbers = ", ".join(
+        f"{k}={float(metrics[k]):.4g}" for k in ("loss", "grad_norm", "update_norm") if k in metrics
+    )
+    raise TrainingStopped(
+        f"step {step}: non-finite loss or update ({numbers}); the update was not applied and "
+        f"training stopped. Last good checkpoint: {where}. Lower optim.lr or check the data, "
+        "then run again with resume=true."
+    )
+
+
+def finish(cfg, ckpt: Checkpointer, state: TrainState, data_iter, graphdef, tokenizer, log=print):
+    """The final checkpoint (waited for) and, with `cfg.export`, the Hugging Face export."""
+    save(ckpt, state, data_iter, force=True)
+    ckpt.wait()
+    if cfg.export:
+        out = export_model(graphdef, state.params, tokenizer, Path(cfg.run_dir) / "hf")
+        log(f"exported the final model to {out}")

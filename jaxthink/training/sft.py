@@ -1,0 +1,111 @@
+"""Supervised warm-up: next-token cross-entropy on the response tokens of packed rows.
+
+    records --(sft_data: chat template, control token, EOS, truncate, pack)--> batches
+      --(the step: forward_packed -> token-mean cross-entropy -> AdamW)--> params
+      --> orbax checkpoints, metrics.jsonl, run_dir/hf
+
+`make_sft_step(graphdef, tx)` is a pure function of (params, opt_state, batch): the run jits it
+with donated parameters; a sharded run gives it in/out shardings instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from contextlib import closing
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxthink.training import run as runlib
+from jaxthink.training.config import OptimConfig, SFTConfig
+from jaxthink.training.metrics import MetricsLog, console_line
+from jaxthink.training.model_setup import build_model
+from jaxthink.training.optim import apply_gradients, learning_rate, make_optimizer
+from jaxthink.training.packed import forward_packed
+from jaxthink.training.records import read_records
+from jaxthink.training.sft_data import sft_batches
+
+CONSOLE_KEYS = ("loss", "accuracy", "grad_norm", "lr", "tokens_per_s")
+
+
+def sft_loss(model, batch: dict) -> tuple[jax.Array, dict]:
+    """Mean cross-entropy over the batch's loss tokens (each predicted from its predecessor)."""
+    logits = forward_packed(model, batch["tokens"], batch["segment_ids"], batch["positions"])
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    targets = batch["tokens"][:, 1:]
+    token_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    seg = batch["segment_ids"]
+    weight = (batch["loss"][:, 1:] > 0) & (seg[:, 1:] == seg[:, :-1])
+    weight = weight.astype(jnp.float32)
+    count = jnp.maximum(weight.sum(), 1.0)
+    correct = (jnp.argmax(logp, axis=-1) == targets) * weight
+    return -(token_logp * weight).sum() / count, {
+        "loss_tokens": weight.sum(),
+        "accuracy": correct.sum() / count,
+    }
+
+
+def make_sft_step(graphdef, tx):
+    """step(params, opt_state, batch) -> (params, opt_state, metrics); pure, jit it."""
+
+    def step(params, opt_state, batch):
+        loss_fn = lambda p: sft_loss(nnx.merge(graphdef, p), batch)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        params, opt_state, stats = apply_gradients(tx, params, opt_state, grads, loss)
+        return params, opt_state, {"loss": loss, **aux, **stats}
+
+    return step
+
+
+@functools.lru_cache(maxsize=8)
+def compiled_sft_step(graphdef, optim: OptimConfig, total: int):
+    """(optimizer, jitted step with donated params and optimizer state), cached so that runs of
+    one model shape and optimizer in a process share the compiled program."""
+    tx = make_optimizer(optim, total)
+    return tx, jax.jit(make_sft_step(graphdef, tx), donate_argnums=(0, 1))
+
+
+def train_sft(cfg: SFTConfig, log=print) -> runlib.TrainState:
+    """Runs (or resumes) SFT to `cfg.steps`; returns the final state. See the module doc."""
+    run_dir, ckpt = runlib.prepare_run_dir(cfg)
+    model, tokenizer, _ = build_model(cfg.model, run_dir)
+    graphdef, params = nnx.split(model)
+    tx, step_fn = compiled_sft_step(graphdef, cfg.optim, cfg.steps)
+    lr = learning_rate(cfg.optim, cfg.steps)
+    batches = sft_batches(
+        tokenizer,
+        read_records(cfg.data),
+        seq_len=cfg.seq_len,
+        batch_size=cfg.batch_size,
+        seed=cfg.data.seed,
+        which=cfg.responses,
+    )
+    with closing(iter(batches)) as data_iter:
+        state = runlib.start_state(cfg, ckpt, params, tx, data_iter, log)
+        metrics_log = MetricsLog(run_dir / "metrics.jsonl", resume_step=state.step)
+        while state.step < cfg.steps:
+            t0 = time.perf_counter()
+            batch = next(data_iter)
+            t_data = time.perf_counter() - t0
+            params, opt_state, metrics = step_fn(state.params, state.opt_state, batch)
+            metrics = jax.device_get(metrics)
+            runlib.check_finite(metrics, state.step + 1, ckpt)
+            state = runlib.TrainState(state.step + 1, params, opt_state, state.rng)
+            seconds = time.perf_counter() - t0
+            record = {
+                "step": state.step,
+                **{k: float(v) for k, v in metrics.items() if k != "finite"},
+                "lr": float(lr(state.step - 1)),
+                "padding": float((batch["segment_ids"] == 0).mean()),
+                "seconds_data": t_data,
+                "seconds_step": seconds,
+                "tokens_per_s": batch["tokens"].size / seconds,
+            }
+            metrics_log.write(record)
+            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                log(console_line(record, CONSOLE_KEYS))
+            runlib.save(ckpt, state, data_iter)
+        runlib.finish(cfg, ckpt, state, data_iter, graphdef, tokenizer, log)
+    return state

@@ -1,0 +1,122 @@
+"""SFT samples: records -> (prompt, response) pairs -> token rows packed to the sequence length.
+
+A paired record `{prompt, think, short}` gives two samples (Thinkless warm-up):
+`<think>` + think + `</think>` + short, and `<short>` + short; a record `{prompt, response}` gives
+one. The prompt is the checkpoint's chat template around the question, ending at the assistant
+tag, so the first response token is the control token. Every response ends with the EOS token.
+The loss covers the response tokens only, control token and EOS included.
+
+A sample longer than `seq_len` is truncated (its response is cut; a prompt that alone fills the
+row leaves nothing to learn and the sample is dropped). Samples are packed first-fit into rows
+of `seq_len` tokens (grain's `FirstFitPackIterDataset`, `batch_size` bins at a time), which give
+segment ids and per-sample positions for `forward_packed`.
+"""
+
+from __future__ import annotations
+
+import grain
+import jax
+import numpy as np
+from grain.experimental import FirstFitPackIterDataset, ThreadPrefetchIterDataset
+
+from jaxthink.data.arithmetic import short_response, think_response
+from jaxthink.tokenizer import (
+    SHORT,
+    THINK,
+    control_tokens,
+    format_prompt,
+    thinking_prefix_in_prompt,
+    token_id,
+)
+from jaxthink.training.records import record_stream
+
+
+def responses_of(record: dict, which: str = "both") -> list[str]:
+    """The response texts a record trains: its `response`, or its think and/or short pair."""
+    if "response" in record:
+        return [record["response"]]
+    if "think" in record and "short" in record:
+        pair = {"think": think_response(record), "short": short_response(record)}
+        return list(pair.values()) if which == "both" else [pair[which]]
+    raise ValueError(
+        f"SFT record with keys {sorted(record)}; expected 'prompt' plus 'think' and 'short' "
+        "(paired) or 'response'"
+    )
+
+
+def sample_pairs(records: list[dict], which: str = "both") -> list[tuple[str, str]]:
+    """(question, response) for every sample of every record, records in order."""
+    pairs = []
+    for i, record in enumerate(records):
+        if "prompt" not in record:
+            raise ValueError(f"SFT record {i} has keys {sorted(record)}; 'prompt' is required")
+        pairs += [(record["prompt"], r) for r in responses_of(record, which)]
+    return pairs
+
+
+def check_control_tokens(tokenizer, pairs: list[tuple[str, str]]) -> None:
+    """Responses that open with `<think>`/`<short>` need them as single tokens, and a chat
+    template that leaves the first response token to the model (not one that opens `<think>`)."""
+    used = {t for _, r in pairs[:100] for t in (THINK, SHORT) if r.startswith(t)}
+    if not used:
+        return
+    missing = [t for t in sorted(used) if token_id(tokenizer, t) is None]
+    if missing:
+        raise ValueError(
+            f"the responses start with {', '.join(missing)} but the tokenizer has no such token; "
+            "add the control tokens to the tokenizer (a Thinkless-style checkpoint)"
+        )
+    if thinking_prefix_in_prompt(tokenizer):
+        raise ValueError(
+            "the chat template's generation prompt already opens <think>, so the control token "
+            "cannot be the first response token; use a template that ends at the assistant tag"
+        )
+
+
+def tokenize(tokenizer, question: str, response: str, seq_len: int, eos: int) -> dict | None:
+    """{"tokens", "loss"} int32 rows of one sample, truncated to `seq_len`; None if no loss left."""
+    prompt = tokenizer.encode(format_prompt(tokenizer, question), add_special_tokens=False)
+    answer = tokenizer.encode(response, add_special_tokens=False) + [eos]
+    tokens = np.asarray(prompt + answer, np.int32)[:seq_len]
+    loss = np.asarray([0] * len(prompt) + [1] * len(answer), np.int32)[:seq_len]
+    return {"tokens": tokens, "loss": loss} if loss.any() else None
+
+
+def sft_batches(
+    tokenizer,
+    records: list[dict],
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    which: str = "both",
+    prefetch: int = 2,
+) -> grain.IterDataset:
+    """Packed batches {"tokens", "segment_ids", "positions", "loss"}, each int32 [B, seq_len].
+
+    `batch_size` is global; each JAX process yields its share of the rows. `prefetch` batches
+    are prepared ahead on a thread; the iterator's state still counts only consumed batches.
+    """
+    pairs = sample_pairs(records, which)
+    check_control_tokens(tokenizer, pairs)
+    rows = batch_size // jax.process_count()
+    eos = control_tokens(tokenizer).eos[0]
+    ds = record_stream(pairs, seed).map(lambda p: tokenize(tokenizer, *p, seq_len, eos))
+    ds = ds.to_iter_dataset().filter(lambda s: s is not None)
+    ds = FirstFitPackIterDataset(
+        ds,
+        length_struct={"tokens": seq_len, "loss": seq_len},
+        num_packing_bins=rows,
+        shuffle_bins=False,
+    )
+    ds = ds.batch(rows, drop_remainder=True).map(_rename)
+    return ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch) if prefetch else ds
+
+
+def _rename(packed: dict) -> dict:
+    return {
+        "tokens": packed["tokens"],
+        "segment_ids": packed["tokens_segment_ids"],
+        "positions": packed["tokens_positions"],
+        "loss": packed["loss"],
+    }

@@ -1,0 +1,78 @@
+"""`python -m train sft|rl --config FILE.yaml [key=value ...]` and `python -m train bench`.
+
+A config is a YAML file of a typed dataclass (`jaxthink.training.config.SFTConfig` /
+`RLConfig`); `key=value` arguments override it, dotted for nested sections
+(`optim.lr=3e-4 rollout.group_size=4`). `--print-config` shows the resolved config and exits.
+Exit status: 0 done, 1 training stopped (non-finite loss), 2 bad config or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+COMMANDS = {
+    "sft": "supervised warm-up on paired <think>/<short> data",
+    "rl": "on-policy DeGRPO / GRPO rounds (rollout, rewards, updates)",
+    "bench": "seconds per RL step (rollout, log-probs, update) and tokens/s",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m train",
+        description="; ".join(f"{name}: {text}" for name, text in COMMANDS.items()),
+    )
+    p.add_argument("command", choices=[c for c in COMMANDS if c != "bench"])
+    p.add_argument("--config", help="a YAML run config (default: the dataclass defaults)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
+    return p
+
+
+def config_class(command: str):
+    from jaxthink.training.config import RLConfig, SFTConfig
+
+    return {"sft": SFTConfig, "rl": RLConfig}[command]
+
+
+def run(args) -> None:
+    import yaml
+
+    from jaxthink.training.configfile import load_config, to_dict
+
+    cfg = load_config(config_class(args.command), args.config, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return
+    if args.command == "sft":
+        from jaxthink.training.sft import train_sft
+
+        train_sft(cfg)
+    else:
+        from jaxthink.training.rl import train_rl
+
+        train_rl(cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from train.bench import main as bench
+
+        return bench(argv[1:])
+    args = build_parser().parse_intermixed_args(argv)
+    from jaxthink.training.run import TrainingStopped
+
+    try:
+        run(args)
+    except TrainingStopped as e:
+        print(f"python -m train {args.command}: stopped: {e}", file=sys.stderr)
+        sys.exit(1)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"python -m train {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
