@@ -87,7 +87,8 @@ def _time_jaxthink(graphdef, params, prompts, new_tokens, rows, tok, repeats) ->
     return _best_of(lambda: run(new_tokens), repeats) - _best_of(lambda: run(1), repeats)
 
 
-def _time_transformers(model, prompts, new_tokens, repeats) -> float:
+def hf_greedy(model, prompts: list[list[int]], new_tokens: int):
+    """transformers `generate`: greedy, exactly `new_tokens` per row of a left-padded batch."""
     import torch
 
     width = max(map(len, prompts))
@@ -96,14 +97,18 @@ def _time_transformers(model, prompts, new_tokens, repeats) -> float:
     for r, p in enumerate(prompts):
         ids[r, width - len(p) :] = torch.tensor(p)
         mask[r, width - len(p) :] = 1
-    kw = dict(
-        attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-        do_sample=False, pad_token_id=0, eos_token_id=None,
-    )  # fmt: skip
-    run = lambda k: model.generate(ids, **{**kw, "max_new_tokens": k, "min_new_tokens": k})
     with torch.inference_mode():
-        run(8)  # warm-up
-        return _best_of(lambda: run(new_tokens), repeats) - _best_of(lambda: run(1), repeats)
+        out = model.generate(
+            ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+            do_sample=False, pad_token_id=0, eos_token_id=None,
+        )  # fmt: skip
+    return out[:, width:].numpy()
+
+
+def _time_transformers(model, prompts, new_tokens, repeats) -> float:
+    hf_greedy(model, prompts, 8)  # warm-up
+    run = lambda k: hf_greedy(model, prompts, k)
+    return _best_of(lambda: run(new_tokens), repeats) - _best_of(lambda: run(1), repeats)
 
 
 def _mode_rows(b: int, kind: str):

@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 
 import jaxthink
+from infer.bench import hf_greedy
 from jaxthink.decode import sampler
 from jaxthink.decode.sampling import top_k_mask, top_p_mask
 from jaxthink.policies.modes import ANSWER, FREE, NO_BUDGET
@@ -45,20 +45,6 @@ def greedy(b, seed=0, temperature=0.0, top_k=0, top_p=1.0):
         top_p=jnp.full((b,), top_p, jnp.float32),
         keys=jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.arange(b)),
     )
-
-
-def hf_greedy(hf, prompts, max_new):
-    width = max(map(len, prompts))
-    ids = torch.zeros((len(prompts), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p) :] = torch.tensor(p)
-        mask[r, width - len(p) :] = 1
-    out = hf.generate(
-        ids, attention_mask=mask, max_new_tokens=max_new, min_new_tokens=max_new,
-        do_sample=False, pad_token_id=0, eos_token_id=None,
-    )  # fmt: skip
-    return out[:, width:].numpy()
 
 
 @pytest.mark.parametrize("family, tied", [("qwen2", False), ("qwen3", False), ("qwen2", True)])
