@@ -223,18 +223,20 @@ def _run_batch(graphdef, params, tokenizer, req, encoded, idx, tok, max_new, sam
     )
     pstate = state.policy
     seconds = time.perf_counter() - t0
+    ends_row = np.asarray(tok.eos) | np.asarray(tok.stop)  # tokens that end a row, once per batch
+    end_think = int(tok.end_think)
     return [
-        _to_generation(tokenizer, req, i, r, out, pstate, tok, seconds) for r, i in enumerate(idx)
+        _to_generation(tokenizer, req, i, r, out, pstate, ends_row, end_think, seconds)
+        for r, i in enumerate(idx)
     ]
 
 
-def _to_generation(tokenizer, req, i, r, out, pstate, tok, seconds) -> Generation:
+def _to_generation(tokenizer, req, i, r, out, pstate, ends_row, end_think, seconds) -> Generation:
     tokens, logprobs, phases, finish, certainty, lengths = out
     reason, length = int(finish[r]), int(lengths[r])
     ids = tokens[r, :length].tolist()
     ph = phases[r, :length]
-    ends = np.asarray(tok.eos)[ids] | np.asarray(tok.stop)[ids] if ids else np.zeros(0, bool)
-    end_think = int(tok.end_think)
+    ends = ends_row[ids] if ids else np.zeros(0, bool)
     think_ids = [
         t for t, p, e in zip(ids, ph, ends, strict=True) if p == THINK and t != end_think and not e
     ]
