@@ -22,7 +22,12 @@ from jaxthink.decode.sampler import FINISH_REASONS, Sampling
 from jaxthink.policies.modes import ANSWER, THINK, Mode, ModeOptions, parse_mode, row_setup
 from jaxthink.policies.policy import PolicyParams, PolicyTokens
 from jaxthink.sharding import batch_size_multiple, mesh_of
-from jaxthink.tokenizer import control_tokens, format_prompt, thinking_prefix_in_prompt
+from jaxthink.tokenizer import (
+    control_tokens,
+    encode_prompts,
+    format_prompt,
+    thinking_prefix_in_prompt,
+)
 
 
 @dataclasses.dataclass
@@ -154,7 +159,7 @@ def generate(
     req = prepare(tokenizer, prompts, mode, n, opts, chat)
     if isinstance(seed, Sequence) and len(seed) * n != len(req.prompts):
         raise ValueError(f"seed: got {len(seed)} seeds for {len(req.prompts) // n} prompts")
-    encoded = [tokenizer.encode(p, add_special_tokens=False) for p in req.prompts]
+    encoded = encode_prompts(tokenizer, req.prompts)
     cfg = model.cfg
     for i, ids in enumerate(encoded):
         if len(ids) + max_new_tokens > cfg.max_position_embeddings:
