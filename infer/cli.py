@@ -43,9 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="rows decoded together")
     p.add_argument("--json", action="store_true", help="one JSON object per sample on stdout")
     p.add_argument("--out", help="output directory for an evaluation (--data)")
-    p.add_argument("--answer-prefix", default=ModeOptions.answer_prefix)
-    p.add_argument("--no-think-text", default=ModeOptions.no_think_text)
-    p.add_argument("--wait-text", default=ModeOptions.wait_text)
+    own = "default: the checkpoint's mode_options, else"
+    p.add_argument("--answer-prefix", help=f"{own} {ModeOptions.answer_prefix!r}")
+    p.add_argument("--no-think-text", help=f"{own} {ModeOptions.no_think_text!r}")
+    p.add_argument("--wait-text", help=f"{own} {ModeOptions.wait_text!r}")
     p.add_argument(
         "--finish-line", action="store_true", help="budget forcing: end the line first (10%% grace)"
     )
@@ -70,13 +71,18 @@ def parse_args(argv: list[str] | None):
         )
     if args.data is None and len(args.modes) > 1:
         parser.error("several modes are for evaluation sweeps: give --data FILE, or one --mode")
-    args.options = ModeOptions(
+    return args
+
+
+def mode_options(args, model_cfg) -> ModeOptions:
+    """The checkpoint's own mode options with the command line's explicit values on top."""
+    return ModeOptions.for_model(
+        model_cfg,
         no_think_text=args.no_think_text,
         answer_prefix=args.answer_prefix,
-        finish_line=args.finish_line,
+        finish_line=args.finish_line or None,
         wait_text=args.wait_text,
     )
-    return args
 
 
 def _prompts(args) -> list[str]:
@@ -121,7 +127,8 @@ def _main(args) -> None:
     from jaxthink.loading import demo_model_dir
 
     model_dir = args.model or demo_model_dir()
-    model, tokenizer, _ = jaxthink.load(model_dir)
+    model, tokenizer, model_cfg = jaxthink.load(model_dir)
+    args.options = mode_options(args, model_cfg)
     demo = args.model is None
     max_new = args.max_new_tokens or (320 if demo else 1024)
     if args.data:

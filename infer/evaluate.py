@@ -69,7 +69,7 @@ def evaluate(
     _check_problems(problems)
     if n < 1:
         raise ValueError(f"n={n}: the number of samples per problem must be at least 1")
-    options = options or ModeOptions()
+    options = options or ModeOptions.for_model(model.cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = {

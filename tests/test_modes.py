@@ -218,3 +218,31 @@ def test_policy_tokens_from_the_tokenizer(demo_like):
     assert np.asarray(tok.wait_seq)[:4].tolist() == [VOCAB[c] for c in "Wait"]
     assert np.asarray(tok.newline).nonzero()[0].tolist() == [VOCAB["\n"]]
     assert np.asarray(tok.eos).nonzero()[0].tolist() == [VOCAB[EOS]]
+
+
+def test_a_checkpoint_names_its_own_mode_options(tmp_path):
+    import json
+
+    write_char_checkpoint(tmp_path, seed=6)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["mode_options"] = {"answer_prefix": "\\boxed{", "no_think_text": ""}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model, tokenizer, cfg = jaxthink.load(tmp_path)
+    own = ModeOptions.for_model(cfg)
+    assert (own.answer_prefix, own.no_think_text, own.wait_text) == ("\\boxed{", "", "Wait")
+    assert ModeOptions.for_model(cfg, answer_prefix=":", wait_text=None).answer_prefix == ":"
+    (g,) = jaxthink.generate(model, tokenizer, ["12+7"], "think_budget=3", max_new_tokens=12)
+    assert g.budget_forced and g.answer.startswith("\\boxed{")
+
+
+def test_unknown_checkpoint_mode_options_are_refused():
+    import dataclasses
+
+    from jaxthink.models import ModelConfig
+
+    cfg = ModelConfig(
+        "Qwen2ForCausalLM", 8, 8, 8, 1, 1, 1, 8, 1e4, 1e-6, True, True, False, False, 64
+    )
+    cfg = dataclasses.replace(cfg, hf_config={"mode_options": {"answer_prefx": ""}})
+    with pytest.raises(ModeError, match="answer_prefx.*answer_prefix"):
+        ModeOptions.for_model(cfg)

@@ -153,7 +153,7 @@ def generate(
     `seed` is one seed, or one per prompt; sample j of prompt p draws from its own key, so it
     does not depend on batching or on the other prompts.
     """
-    opts = options or ModeOptions()
+    opts = options or ModeOptions.for_model(getattr(model, "cfg", None))
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: must be at least 1")
     req = prepare(tokenizer, prompts, mode, n, opts, chat)

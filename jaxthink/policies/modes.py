@@ -68,12 +68,31 @@ class Mode:
 
 @dataclasses.dataclass(frozen=True)
 class ModeOptions:
-    """Texts and switches shared by all rows of a call."""
+    """Texts and switches shared by all rows of a call.
+
+    The defaults suit R1-style checkpoints. A checkpoint trained on another format names its
+    own in config.json under `"mode_options"` (the demo model: budget forcing continues with
+    `\\boxed{`); `for_model` reads them, and explicit values override both.
+    """
 
     no_think_text: str = "Okay, I think I have finished thinking."
     answer_prefix: str = "\n\nFinal Answer:"
     finish_line: bool = False  # budget forcing: first let the model end its line (grace 10% of N)
     wait_text: str = "Wait"
+
+    @classmethod
+    def for_model(cls, cfg, **overrides) -> ModeOptions:
+        """The options of a model (its `ModelConfig`, or None): the checkpoint's own
+        `mode_options`, then the `overrides` that are not None."""
+        own = (cfg.hf_config.get("mode_options") if cfg is not None else None) or {}
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(own, dict) or set(own) - fields:
+            raise ModeError(
+                f"config.json mode_options {own!r}: expected an object with keys among "
+                f"{sorted(fields)}"
+            )
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{**own, **given})
 
 
 def parse_mode(text: str | Mode) -> Mode:
