@@ -11,7 +11,6 @@ from jaxthink.data.arithmetic import generate_problems, make_record
 from jaxthink.models import forward
 from jaxthink.training.config import DataSource, ModelSpec
 from jaxthink.training.model_setup import build_model
-from jaxthink.training.packed import forward_packed
 from jaxthink.training.records import prompt_batches, read_records
 from jaxthink.training.sft_data import responses_of, sft_batches, tokenize
 
@@ -117,7 +116,7 @@ def test_records_read_from_jsonl_and_parquet(tmp_path):
         read_records(DataSource(path=str(tmp_path / "r.csv")))
 
 
-def test_forward_packed_equals_forward_on_each_sample(tiny):
+def test_forward_over_packed_rows_equals_forward_on_each_sample(tiny):
     model, tok = tiny
     first = tok.encode("Q: 1+2\nA:<short>3")
     second = tok.encode("Q: 45-6\nA:<think>")
@@ -130,7 +129,10 @@ def test_forward_packed_equals_forward_on_each_sample(tiny):
     positions = np.zeros_like(tokens)
     positions[0, : len(first)] = np.arange(len(first))
     positions[0, len(first) : len(first) + len(second)] = np.arange(len(second))
-    packed_logits = jax.jit(forward_packed)(model, tokens, segment_ids, positions)[0]
+    packed = jax.jit(lambda m, t, s, p: forward(m, t, segment_ids=s, positions=p))
+    packed_logits = packed(model, tokens, segment_ids, positions)[0]
+    derived = jax.jit(lambda m, t, s: forward(m, t, segment_ids=s))(model, tokens, segment_ids)[0]
+    np.testing.assert_allclose(derived, packed_logits, atol=1e-6)  # positions restart by segment
     for ids, start in ((first, 0), (second, len(first))):
         alone = forward(model, np.array([ids]), np.ones((1, len(ids)), bool))[0]
         np.testing.assert_allclose(

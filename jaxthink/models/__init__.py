@@ -2,7 +2,16 @@
 
 from jaxthink.models.checkpoint import CheckpointError, export_hf, load_params
 from jaxthink.models.config import ARCHITECTURES, ConfigError, ModelConfig
-from jaxthink.models.qwen import KVCache, Qwen, forward, forward_cached, init_cache
+from jaxthink.models.qwen import (
+    KVCache,
+    Qwen,
+    Steering,
+    forward,
+    forward_cached,
+    init_cache,
+    residual_stream,
+    segment_mask,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -11,9 +20,12 @@ __all__ = [
     "KVCache",
     "ModelConfig",
     "Qwen",
+    "Steering",
     "export_hf",
     "forward",
     "forward_cached",
     "init_cache",
     "load_params",
+    "residual_stream",
+    "segment_mask",
 ]

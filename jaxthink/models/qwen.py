@@ -1,14 +1,22 @@
-"""The Qwen2 / Qwen3 decoder in Flax NNX, with a per-row KV cache.
+"""The Qwen2 / Qwen3 decoder in Flax NNX, with a per-row KV cache and residual-stream hooks.
 
 One module tree serves both families; the config switches the two differences (Qwen2: q/k/v bias;
 Qwen3: RMSNorm on queries and keys, explicit head_dim). Every parameter carries logical axis names
 (vocab, embed, heads, kv_heads, head_dim, mlp) that `jaxthink.sharding` maps onto a mesh.
 
-Two entry points, both pure functions of (model, inputs):
-- `forward(model, tokens, valid)`: a whole left-padded sequence, for training and scoring.
+Entry points, all pure functions of (model, inputs):
+- `forward(model, tokens, valid)`: a whole left-padded sequence, for training and scoring. With
+  `segment_ids` (and optionally `positions`) a row holds several packed sequences, each attending
+  only to itself, as SFT packs them.
 - `forward_cached(model, tokens, valid, cache)`: append T tokens per row to a KV cache and return
   their logits. Prefill is T = prompt length on an empty cache; decoding is T = 1. Each row has its
   own write slot and RoPE position, so rows may advance differently (forced tokens, hybrid steps).
+  With `alternatives=True` the T tokens are candidates for one and the same next position.
+- `residual_stream(model, tokens, valid, layers)`: the residual stream after the given blocks.
+
+Hooks (the hybrid method's): `capture_layer=L` also returns the residual stream after block L
+(`hidden_states[L + 1]` in transformers); `steer=Steering(...)` adds a vector to that residual
+stream at chosen positions. Both are arguments of the pure functions, not stateful hooks.
 """
 
 from __future__ import annotations
@@ -202,17 +210,110 @@ def positions_from_valid(valid: Array, start: Array | int = 0) -> Array:
     return jnp.where(valid, pos, 0).astype(jnp.int32)
 
 
-def forward(model: Qwen, tokens: Array, valid: Array) -> Array:
-    """Logits [B, T, V] of a (left-)padded batch; `valid` marks real tokens."""
-    valid = valid.astype(bool)
-    t = tokens.shape[1]
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    mask = causal[None] & valid[:, None, :]
-    positions = positions_from_valid(valid)
+def segment_mask(segment_ids: Array) -> Array:
+    """[B, T, T] bool: query t sees key s <= t of its own segment; segment 0 is padding."""
+    t = segment_ids.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), bool))[None]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return causal & same & (segment_ids[:, None, :] > 0)
+
+
+@struct.dataclass
+class Steering:
+    """An additive intervention: `scale[b, t] * vector[b]` joins the residual stream after block
+    `layer` (0-based) at every position t of row b.
+
+    `vector` is [E] (one for all rows) or [B, E]; `scale` [B, T] is a position mask (bool) or a
+    per-position coefficient (float) over the positions of the call, so one vector serves a grid
+    of coefficients laid out along T.
+    """
+
+    vector: Array
+    scale: Array
+    layer: int = struct.field(pytree_node=False)
+
+    def delta(self, dtype) -> Array:
+        vector = self.vector if self.vector.ndim == 2 else self.vector[None]
+        return (self.scale.astype(jnp.float32)[..., None] * vector[:, None, :]).astype(dtype)
+
+
+def _check_layer(model: Qwen, layer: int, what: str) -> None:
+    n = model.cfg.num_layers
+    if not 0 <= layer < n:
+        raise ValueError(f"{what}={layer}: the model has blocks 0..{n - 1}")
+
+
+def _run_blocks(model, x, positions, mask, *, steer=None, capture_layer=None, caches=None,
+                write_index=None):  # fmt: skip
+    """The decoder blocks with the hooks. Returns (x, captured or None, new (k, v) per layer)."""
+    if steer is not None:
+        _check_layer(model, steer.layer, "steer.layer")
+    if capture_layer is not None:
+        _check_layer(model, capture_layer, "capture_layer")
+    captured, kvs = None, []
+    for i, layer in enumerate(model.layers):
+        cache_kv = None if caches is None else caches[i]
+        x, kv = layer(x, positions, mask, cache_kv, write_index)
+        kvs.append(kv)
+        if steer is not None and i == steer.layer:
+            x = x + steer.delta(x.dtype)
+        if i == capture_layer:
+            captured = x
+    return x, captured, kvs
+
+
+def forward(
+    model: Qwen,
+    tokens: Array,
+    valid: Array | None = None,
+    *,
+    segment_ids: Array | None = None,
+    positions: Array | None = None,
+    steer: Steering | None = None,
+    capture_layer: int | None = None,
+):
+    """Logits [B, T, V] of a (left-)padded batch; `valid` marks real tokens.
+
+    Packed rows give `segment_ids` [B, T] instead of `valid` (0 = pad, each other id one sequence
+    that attends only to itself) and usually their `positions` [B, T]; without them positions
+    restart at every segment. `steer` adds a vector after a block; `capture_layer=L` returns
+    (logits, residual stream after block L [B, T, E]) instead of the logits alone.
+    """
+    if valid is not None and segment_ids is not None:
+        raise ValueError("give valid (one sequence per row) or segment_ids (packed rows), not both")
+    if segment_ids is None:
+        segment_ids = (
+            jnp.ones(tokens.shape, jnp.int32) if valid is None else valid.astype(jnp.int32)
+        )
+    mask = segment_mask(segment_ids)
+    if positions is None:
+        positions = jnp.maximum(mask.sum(axis=-1) - 1, 0)  # count of earlier same-segment keys
     x = jnp.take(model.embed[...], tokens, axis=0)
-    for layer in model.layers:
-        x, _ = layer(x, positions, mask)
-    return model.logits(x)
+    x, captured, _ = _run_blocks(
+        model, x, positions.astype(jnp.int32), mask, steer=steer, capture_layer=capture_layer
+    )
+    logits = model.logits(x)
+    return logits if capture_layer is None else (logits, captured)
+
+
+def residual_stream(model: Qwen, tokens: Array, valid: Array, layers) -> Array:
+    """The residual stream after each block of `layers` (ints), [len(layers), B, T, E].
+
+    Runs only the blocks up to the deepest one asked for (no head): what sentence vectors need.
+    """
+    layers = [int(layer) for layer in np.atleast_1d(layers)]
+    for layer in layers:
+        _check_layer(model, layer, "layer")
+    mask = segment_mask(valid.astype(jnp.int32))
+    positions = positions_from_valid(valid.astype(bool))
+    x = jnp.take(model.embed[...], tokens, axis=0)
+    states = []
+    for block in model.layers:
+        if len(states) > max(layers):
+            break
+        x, _ = block(x, positions, mask)
+        states.append(x)
+    return jnp.stack([states[layer] for layer in layers])
 
 
 def forward_cached(
@@ -223,34 +324,52 @@ def forward_cached(
     *,
     last_only: bool = False,
     head: Array | None = None,
-) -> tuple[Array, KVCache]:
+    steer: Steering | None = None,
+    capture_layer: int | None = None,
+    alternatives: bool = False,
+):
     """Appends tokens [B, T] (pads marked False in `valid`) to the cache; returns their logits.
 
     Row b writes slots index[b] .. index[b]+T-1; queries see the cache's valid slots up to their
     own. `last_only` returns the logits of the final position only ([B, 1, V]) - what prefill of a
-    left-padded batch needs.
+    left-padded batch needs. `steer` and `capture_layer` are as in `forward`; with
+    `capture_layer` the result is (logits, cache, residual stream after that block [B, T', E]).
+
+    `alternatives=True`: the T tokens are T candidates for the same next position (e.g. one
+    token under T steering coefficients). Each sees the cached prefix and itself only, all get the
+    row's next RoPE position, and the cache advances by one slot holding alternative 0; the other
+    T - 1 slots are scratch that the next call overwrites (the cache needs T - 1 spare slots).
     """
     valid = valid.astype(bool)
     b, t = tokens.shape
     write = jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice(c, u, (i,)))
-    cache_valid = write(cache.valid, valid, cache.index)
+    written = write(cache.valid, valid, cache.index)
     query_slot = cache.index[:, None] + jnp.arange(t)[None, :]  # [B, T]
     key_slot = jnp.arange(cache.length)[None, None, :]
-    mask = cache_valid[:, None, :] & (key_slot <= query_slot[:, :, None])
-    positions = positions_from_valid(valid, cache.pos)
+    if alternatives:
+        prefix = key_slot < cache.index[:, None, None]
+        mask = written[:, None, :] & (prefix | (key_slot == query_slot[:, :, None]))
+        positions = jnp.where(valid, cache.pos[:, None], 0).astype(jnp.int32)
+        kept = valid & (jnp.arange(t) == 0)[None, :]
+        cache_valid, advance, added = write(cache.valid, kept, cache.index), 1, kept[:, 0]
+    else:
+        mask = written[:, None, :] & (key_slot <= query_slot[:, :, None])
+        positions = positions_from_valid(valid, cache.pos)
+        cache_valid, advance, added = written, t, valid.sum(axis=1, dtype=jnp.int32)
     x = jnp.take(model.embed[...], tokens, axis=0)
-    new_k, new_v = [], []
-    for layer, k, v in zip(model.layers, cache.k, cache.v, strict=True):
-        x, (k, v) = layer(x, positions, mask, (k, v), cache.index)
-        new_k.append(k)
-        new_v.append(v)
+    x, captured, kvs = _run_blocks(
+        model, x, positions, mask, steer=steer, capture_layer=capture_layer,
+        caches=list(zip(cache.k, cache.v, strict=True)), write_index=cache.index,
+    )  # fmt: skip
     if last_only:
         x = x[:, -1:]
+        captured = None if captured is None else captured[:, -1:]
     cache = KVCache(
-        k=tuple(new_k),
-        v=tuple(new_v),
+        k=tuple(k for k, _ in kvs),
+        v=tuple(v for _, v in kvs),
         valid=cache_valid,
-        index=cache.index + t,
-        pos=cache.pos + valid.sum(axis=1, dtype=jnp.int32),
+        index=cache.index + advance,
+        pos=cache.pos + added.astype(jnp.int32),
     )
-    return model.logits(x, head), cache
+    logits = model.logits(x, head)
+    return (logits, cache) if capture_layer is None else (logits, cache, captured)

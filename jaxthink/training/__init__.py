@@ -5,10 +5,10 @@
     train_rl(load_config(RLConfig, "configs/rl_tiny.yaml"))
 
 Files, one idea each: config.py and configfile.py (typed run configs from YAML), model_setup.py
-(the starting model), records.py and sft_data.py (grain data streams), packed.py (the forward
-pass over packed rows), optim.py (AdamW and the guarded update), sft.py and rl.py (the two
-trainers and their pure step functions), rollout.py and logprobs.py (RL sampling and scoring),
-checkpoint.py, metrics.py and run.py (what every run shares).
+(the starting model), records.py and sft_data.py (grain data streams; packed rows go through
+`forward(..., segment_ids=, positions=)`), optim.py (AdamW and the guarded update), sft.py and
+rl.py (the two trainers and their pure step functions), rollout.py and logprobs.py (RL sampling
+and scoring), checkpoint.py, metrics.py and run.py (what every run shares).
 """
 
 from jaxthink.training.config import (
@@ -21,7 +21,6 @@ from jaxthink.training.config import (
 )
 from jaxthink.training.configfile import ConfigError, load_config
 from jaxthink.training.logprobs import response_logprobs
-from jaxthink.training.packed import forward_packed
 from jaxthink.training.rl import accumulate_gradients, make_rl_update, rl_step, train_rl
 from jaxthink.training.run import TrainingStopped
 from jaxthink.training.sft import make_sft_step, sft_loss, train_sft
@@ -36,7 +35,6 @@ __all__ = [
     "SFTConfig",
     "TrainingStopped",
     "accumulate_gradients",
-    "forward_packed",
     "load_config",
     "make_rl_update",
     "make_sft_step",

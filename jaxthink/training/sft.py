@@ -1,7 +1,7 @@
 """Supervised warm-up: next-token cross-entropy on the response tokens of packed rows.
 
     records --(sft_data: chat template, control token, EOS, truncate, pack)--> batches
-      --(the step: forward_packed -> token-mean cross-entropy -> AdamW)--> params
+      --(the step: forward over packed rows -> token-mean cross-entropy -> AdamW)--> params
       --> orbax checkpoints, metrics.jsonl, run_dir/hf
 
 `make_sft_step(graphdef, tx)` is a pure function of (params, opt_state, batch): the run jits it
@@ -18,12 +18,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxthink.models import forward
 from jaxthink.training import run as runlib
 from jaxthink.training.config import OptimConfig, SFTConfig
 from jaxthink.training.metrics import MetricsLog, console_line
 from jaxthink.training.model_setup import build_model
 from jaxthink.training.optim import apply_gradients, learning_rate, make_optimizer
-from jaxthink.training.packed import forward_packed
 from jaxthink.training.records import read_records
 from jaxthink.training.sft_data import sft_batches
 
@@ -32,7 +32,9 @@ CONSOLE_KEYS = ("loss", "accuracy", "grad_norm", "lr", "tokens_per_s")
 
 def sft_loss(model, batch: dict) -> tuple[jax.Array, dict]:
     """Mean cross-entropy over the batch's loss tokens (each predicted from its predecessor)."""
-    logits = forward_packed(model, batch["tokens"], batch["segment_ids"], batch["positions"])
+    logits = forward(
+        model, batch["tokens"], segment_ids=batch["segment_ids"], positions=batch["positions"]
+    )
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
     targets = batch["tokens"][:, 1:]
     token_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]

@@ -9,7 +9,7 @@ The loss covers the response tokens only, control token and EOS included.
 A sample longer than `seq_len` is truncated (its response is cut; a prompt that alone fills the
 row leaves nothing to learn and the sample is dropped). Samples are packed first-fit into rows
 of `seq_len` tokens (grain's `FirstFitPackIterDataset`, `batch_size` bins at a time), which give
-segment ids and per-sample positions for `forward_packed`.
+segment ids and per-sample positions for `forward(model, tokens, segment_ids=, positions=)`.
 """
 
 from __future__ import annotations
