@@ -47,6 +47,11 @@ class MeshConfig:
     fsdp: int = 1
     tensor: int = 1
 
+    def __post_init__(self):
+        sizes = [self.data, self.fsdp, self.tensor]
+        if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+            raise MeshError(f"mesh {self}: sizes must be positive, with at most one -1 (inferred)")
+
 
 def _factorizations(n: int) -> list[tuple[int, int, int]]:
     return [
@@ -61,8 +66,6 @@ def make_mesh(cfg: MeshConfig = MeshConfig(), devices=None) -> Mesh:
     devices = list(devices if devices is not None else jax.devices())
     n = len(devices)
     sizes = [cfg.data, cfg.fsdp, cfg.tensor]
-    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise MeshError(f"mesh {cfg}: sizes must be positive, with at most one -1 (inferred)")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if n % known:

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx, struct
 
 from jaxthink.decode.sampling import choose_tokens
+from jaxthink.distributed import to_host
 from jaxthink.models.qwen import KVCache, forward_cached, init_cache
 from jaxthink.policies import policy
 from jaxthink.policies.policy import PolicyParams, PolicyState, PolicyTokens
@@ -204,4 +205,4 @@ def sample(
     queue_width = tok.end_seq.shape[0]
     state = prefill(graphdef, params, tokens, valid, pparams, max_new_tokens, queue_width, mesh)
     state = decode(graphdef, params, state, pparams, tok, sampling, jnp.int32(pad_id), mesh)
-    return jax.device_get(state.replace(cache=None, logits=None))
+    return to_host(state.replace(cache=None, logits=None))  # gathered across hosts if need be

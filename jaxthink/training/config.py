@@ -5,15 +5,21 @@ SFT defaults follow the Thinkless warm-up (methods.md section 2: AdamW (0.9, 0.9
 128 prompts and 2 optimizer updates per step, temperature 0.6, constant lr 1e-6, clip 1.0; the
 loss and reward defaults are `LossConfig` and `RewardConfig` themselves). Load them from YAML with
 `load_config(SFTConfig, path, overrides)` (configfile.py).
+
+Every run has a `mesh` (axis sizes data x fsdp x tensor, -1 for "the devices left"; the default
+1 x 1 x 1 is one device, as before meshes) and a `distributed` section (when to join a
+multi-host run: jaxthink.distributed.DistributedConfig).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from jaxthink.distributed import DistributedConfig
 from jaxthink.policies.modes import parse_mode
 from jaxthink.rl.losses import LossConfig
 from jaxthink.rl.rewards import RewardConfig
+from jaxthink.sharding import MeshConfig
 
 SCHEDULES = ("cosine", "constant")
 RESPONSES = ("both", "think", "short")
@@ -103,7 +109,11 @@ class DataSource:
 
 @dataclasses.dataclass(frozen=True)
 class RunFields:
-    """What every run has: length, directory, checkpoint cadence and logging."""
+    """What every run has: length, directory, checkpoint cadence, logging, devices and hosts.
+
+    `run_dir` may be a local directory or a gs:// path (checkpoints, logs and the export go
+    there; gs:// needs `gcsfs` installed).
+    """
 
     steps: int = 1000  # optimizer steps (SFT) or on-policy rounds (RL)
     run_dir: str = "runs/train"
@@ -113,6 +123,8 @@ class RunFields:
     log_every: int = 10
     resume: bool = True  # continue from the latest checkpoint in run_dir, if there is one
     export: bool = True  # write the final model as a Hugging Face directory, run_dir/hf
+    mesh: MeshConfig = dataclasses.field(default_factory=lambda: MeshConfig(1, 1, 1))
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
     def __post_init__(self):
         _positive(self, "steps", "save_every", "keep_checkpoints", "log_every")

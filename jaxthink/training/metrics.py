@@ -2,16 +2,19 @@
 the plot of the think ratio over steps (the Thinkless U-curve).
 
 A resumed run first drops the lines past the step it resumes from, so the log always describes
-the run that produced the current parameters.
+the run that produced the current parameters. Paths may be local or gs:// (etils.epath): a
+local log is appended to, a remote one (objects cannot be appended to) rewritten whole. In a
+multi-host run only the main process writes (`enabled`).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
-from pathlib import Path
 
 import numpy as np
+from etils import epath
 
 
 def _plain(value):
@@ -23,22 +26,35 @@ def _plain(value):
 
 
 class MetricsLog:
-    """Appends step records to a JSONL file; `resume_step` truncates what came after it."""
+    """Appends step records to a JSONL file; `resume_step` truncates what came after it.
+    With `enabled` False (a process other than the main one) it writes nothing."""
 
-    def __init__(self, path: str | Path, resume_step: int = 0):
-        self.path = Path(path)
-        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+    def __init__(self, path, resume_step: int = 0, enabled: bool = True):
+        self.path = epath.Path(path)
+        self.enabled = enabled
+        self.remote = "://" in str(path)
+        if not enabled:
+            return
+        self.lines = [
+            json.dumps(r) + "\n" for r in read_metrics(self.path) if r.get("step", 0) <= resume_step
+        ]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
+        self.path.write_text("".join(self.lines), encoding="utf-8")
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        line = json.dumps({k: _plain(v) for k, v in record.items()}) + "\n"
+        self.lines.append(line)
+        if self.remote:
+            self.path.write_text("".join(self.lines), encoding="utf-8")
+            return
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
+            f.write(line)
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    path = Path(path)
+def read_metrics(path) -> list[dict]:
+    path = epath.Path(path)
     if not path.is_file():
         return []
     with path.open(encoding="utf-8") as f:
@@ -55,9 +71,7 @@ def console_line(record: dict, keys: tuple[str, ...]) -> str:
     return " | ".join(parts)
 
 
-def plot_metric(
-    path: str | Path, out: str | Path, key: str = "think_ratio", title: str | None = None
-) -> Path | None:
+def plot_metric(path, out, key: str = "think_ratio", title: str | None = None) -> epath.Path | None:
     """A line plot of `key` over steps from a metrics file (None if no record has it)."""
     records = [r for r in read_metrics(path) if isinstance(r.get(key), (int, float))]
     if not records:
@@ -76,7 +90,9 @@ def plot_metric(
         ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    out = epath.Path(out)
+    out.write_bytes(buffer.getvalue())
     return out

@@ -2,20 +2,26 @@
 
 A fresh model gets a real `ModelConfig` (built through `ModelConfig.from_hf`, so it exports as a
 normal config.json) and its tokenizer is saved into the run directory, so the run is
-self-contained: the exported `run_dir/hf` holds weights, config and tokenizer.
+self-contained: the exported `run_dir/hf` holds weights, config and tokenizer. On a mesh the
+parameters are placed by the training rules (a checkpoint's tensors go straight to their
+shards).
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
 from jaxthink.loading import load
 from jaxthink.models import ModelConfig, Qwen
+from jaxthink.sharding import TRAIN_RULES, check_model_fits
 from jaxthink.tokenizer import load_tokenizer
 from jaxthink.training.config import ModelSpec
+from jaxthink.training.mesh import Layout
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -44,20 +50,29 @@ def hf_config(spec: ModelSpec, tokenizer) -> dict:
 
 
 def fresh_tokenizer(spec: ModelSpec, run_dir: Path):
-    """The tokenizer of a fresh model: the character vocabulary ("char") or a directory's."""
+    """The tokenizer of a fresh model: the character vocabulary ("char") or a directory's.
+    The character tokenizer's files go to `run_dir/tokenizer` (a local temporary directory when
+    run_dir is remote, e.g. gs://: the export carries the tokenizer either way)."""
     if spec.tokenizer == "char":
         from jaxthink.data.char_tokenizer import build_char_tokenizer
 
-        return load_tokenizer(build_char_tokenizer(run_dir / "tokenizer"))
+        if "://" in str(run_dir):
+            run_dir = Path(tempfile.mkdtemp(prefix="jaxthink-tokenizer-"))
+        return load_tokenizer(build_char_tokenizer(Path(run_dir) / "tokenizer"))
     return load_tokenizer(spec.tokenizer)
 
 
-def build_model(spec: ModelSpec, run_dir: str | Path) -> tuple[Qwen, object, ModelConfig]:
-    """(model, tokenizer, model config) for a run; `run_dir` receives a fresh model's tokenizer."""
+def build_model(spec: ModelSpec, run_dir, mesh: Mesh | None = None):
+    """(model, tokenizer, model config) for a run; `run_dir` receives a fresh model's tokenizer.
+    With a `mesh`, the parameters live on it, sharded by `TRAIN_RULES`."""
     dtype = _DTYPES[spec.dtype]
     if spec.checkpoint:
-        return load(spec.checkpoint, dtype=dtype)
-    tokenizer = fresh_tokenizer(spec, Path(run_dir))
+        return load(spec.checkpoint, dtype=dtype, mesh=mesh, rules=TRAIN_RULES)
+    tokenizer = fresh_tokenizer(spec, run_dir)
     cfg = ModelConfig.from_hf(hf_config(spec, tokenizer), source="model spec")
     model = Qwen(cfg, dtype=dtype, rngs=nnx.Rngs(spec.init_seed))
+    if mesh is not None:
+        check_model_fits(mesh, cfg)
+        graphdef, params = nnx.split(model)
+        model = nnx.merge(graphdef, Layout.of(params, mesh).place(params))
     return model, tokenizer, cfg

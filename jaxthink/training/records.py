@@ -1,9 +1,11 @@
 """Training records: read from JSONL/Parquet or generated, then streamed through grain.
 
 The stream is the same for SFT samples and RL prompts: shuffled deterministically from a seed
-(a new order every epoch), sharded by JAX process (process i takes every i-th record of the
-shuffled order, so processes never share a record), repeated without end. Its iterators are
-checkpointable (`get_state` / `set_state`), which is how a resumed run continues exactly.
+(a new order every epoch), cut into shares (`shard` = (index, count): share i takes every
+count-th record of the shuffled order from the i-th, so shares never overlap), repeated without
+end. Which share a process reads is `jaxthink.distributed.data_shard` of the run's mesh. Its
+iterators are checkpointable (`get_state` / `set_state`), which is how a resumed run continues
+exactly.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import json
 from pathlib import Path
 
 import grain
-import jax
 
 from jaxthink.training.config import DataSource
 
@@ -42,27 +43,34 @@ def read_records(source: DataSource) -> list[dict]:
     return records
 
 
-def record_stream(items: list, seed: int) -> grain.MapDataset:
-    """`items` shuffled from `seed` (reshuffled every epoch), this process's shard, repeated."""
+def record_stream(items: list, seed: int, shard: tuple[int, int] = (0, 1)) -> grain.MapDataset:
+    """`items` shuffled from `seed` (reshuffled every epoch), share `shard`, repeated."""
     if not items:
         raise ValueError("no training items to stream")
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"data shard {index} of {count}: expected 0 <= index < count")
+    if len(items) < count:
+        raise ValueError(f"{len(items)} training items cannot be cut into {count} shares")
     ds = grain.MapDataset.source(items).shuffle(seed=seed)
-    count, index = jax.process_count(), jax.process_index()
     if count > 1:
         ds = ds.slice(slice(index, None, count))
     return ds.repeat()
 
 
 def prompt_batches(records: list[dict], per_step: int, seed: int) -> grain.IterDataset:
-    """RL prompts: lists of `per_step` records (per process), in a checkpointable stream."""
+    """RL prompts: lists of `per_step` records, in a checkpointable stream.
+
+    Every process reads the same whole stream: a rollout is one program over the whole mesh,
+    so each process holds all of a step's prompts (and afterwards feeds its own rows of the
+    samples to the update)."""
     for i, record in enumerate(records):
         if "answer" not in record or not ("prompt" in record or "question" in record):
             raise ValueError(
                 f"RL record {i} has keys {sorted(record)}; expected 'prompt' (or 'question') "
                 "and 'answer'"
             )
-    local = per_step // jax.process_count()
-    return record_stream(records, seed).batch(local, batch_fn=list).to_iter_dataset()
+    return record_stream(records, seed).batch(per_step, batch_fn=list).to_iter_dataset()
 
 
 def question_of(record: dict) -> str:

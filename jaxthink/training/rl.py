@@ -12,6 +12,12 @@ One step:
 The loss of a mini-batch is assembled from (sum, denominator) terms (jaxthink.rl.losses): the
 denominators come from the whole mini-batch's mask first, so the micro-batch losses and
 gradients add up to exactly the full mini-batch's.
+
+On a mesh (`cfg.mesh`) the update and the log-probs are jitted with explicit shardings
+(jaxthink.training.mesh.Layout), micro-batch rows over data x fsdp. The rollout samples with the
+parameters resharded by the sampling rules (no FSDP) as one program over the whole mesh, so every
+process holds all of a step's samples on host; each then feeds its own rows to the log-probs and
+the update (jaxthink.distributed.local_rows / global_batch).
 """
 
 from __future__ import annotations
@@ -25,7 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
 
+from jaxthink import distributed
+from jaxthink.distributed import batch_spec
 from jaxthink.rl import (
     combine_terms,
     group_advantages,
@@ -36,9 +45,11 @@ from jaxthink.rl import (
     with_denominators,
 )
 from jaxthink.rl.losses import LossConfig
+from jaxthink.sharding import SAMPLE_RULES
 from jaxthink.training import run as runlib
 from jaxthink.training.config import OptimConfig, RLConfig
 from jaxthink.training.logprobs import response_logprobs
+from jaxthink.training.mesh import Layout, run_mesh
 from jaxthink.training.metrics import MetricsLog, console_line, plot_metric
 from jaxthink.training.model_setup import build_model
 from jaxthink.training.optim import apply_gradients, make_optimizer
@@ -121,37 +132,97 @@ class RLSetup:
     ref_params: object  # the frozen reference (the starting parameters); None without KL
     update: object  # jitted make_rl_update
     logprobs: object  # jitted make_logprobs
+    layout: Layout | None = None  # the training state's shardings on a mesh; None: one device
 
     @classmethod
-    def create(cls, cfg: RLConfig, graphdef, tokenizer, start_params) -> tuple[RLSetup, object]:
+    def create(
+        cls, cfg: RLConfig, graphdef, tokenizer, start_params, layout: Layout | None = None
+    ) -> tuple[RLSetup, object]:
         """(setup, optimizer); the reference is a copy of `start_params` (those get donated)."""
+        if layout is not None:
+            _check_micro_rows(cfg, layout)
         total = cfg.steps * cfg.mini_batches
         tx, update, logprobs = compiled_rl_functions(
-            graphdef, cfg.optim, total, cfg.loss, cfg.rollout.temperature
+            graphdef, cfg.optim, total, cfg.loss, cfg.rollout.temperature, layout
         )
         ref = None
         if cfg.loss.kl_coef > 0:
-            ref = runlib.commit(jax.tree.map(jnp.copy, start_params))
-        return cls(cfg, graphdef, tokenizer, ref, update, logprobs), tx
+            copy = lambda p: jax.tree.map(jnp.copy, p)
+            if layout is None:
+                ref = runlib.commit(copy(start_params))
+            else:
+                ref = jax.jit(copy, out_shardings=layout.params())(start_params)
+        return cls(cfg, graphdef, tokenizer, ref, update, logprobs, layout), tx
+
+    @property
+    def mesh(self):
+        return None if self.layout is None else self.layout.mesh
+
+
+def _check_micro_rows(cfg: RLConfig, layout: Layout) -> None:
+    devices = layout.mesh.shape["data"] * layout.mesh.shape["fsdp"]
+    if cfg.micro_rows % devices:
+        raise ValueError(
+            f"a micro-batch of {cfg.micro_rows} rows does not split over the mesh's "
+            f"data x fsdp = {devices} devices; set micro_batch_size to a multiple of {devices}"
+        )
 
 
 @functools.lru_cache(maxsize=8)
-def compiled_rl_functions(graphdef, optim: OptimConfig, total: int, loss: LossConfig, temp: float):
+def compiled_rl_functions(
+    graphdef, optim: OptimConfig, total: int, loss: LossConfig, temp: float, layout=None
+):
     """(optimizer, jitted update, jitted log-probs), cached so that runs of one model shape and
-    settings in a process share the compiled programs."""
+    settings in a process share the compiled programs. With a `layout` both have explicit
+    shardings: state as the layout says, rows over data x fsdp (axis 1 of the update's
+    [micro-batches, rows, ...] leaves, axis 0 of the log-probs' inputs)."""
     tx = make_optimizer(optim, total)
-    update = jax.jit(make_rl_update(graphdef, tx, loss, temp), donate_argnums=(0, 1))
-    return tx, update, jax.jit(make_logprobs(graphdef, temp))
+    update = make_rl_update(graphdef, tx, loss, temp)
+    logprobs = make_logprobs(graphdef, temp)
+    if layout is None:
+        return tx, jax.jit(update, donate_argnums=(0, 1)), jax.jit(logprobs)
+    state = (layout.params(), layout.opt_state(tx))
+    micro_rows = NamedSharding(layout.mesh, batch_spec(2, axis=1))
+    rows = NamedSharding(layout.mesh, batch_spec(1))
+    update = jax.jit(
+        update,
+        in_shardings=(*state, micro_rows),
+        out_shardings=(*state, layout.replicated),
+        donate_argnums=(0, 1),
+    )
+    logprobs = jax.jit(
+        logprobs, in_shardings=(state[0], *[rows] * len(SEQUENCE_KEYS)), out_shardings=rows
+    )
+    return tx, update, logprobs
+
+
+def sampling_params(setup: RLSetup, params):
+    """The parameters the rollout samples with: on a mesh with FSDP, a copy resharded by the
+    sampling rules (decoding moves activations, not weights); otherwise `params` themselves."""
+    layout = setup.layout
+    if layout is None or layout.mesh.shape["fsdp"] == 1:
+        return params
+    return jax.jit(lambda p: p, out_shardings=layout.with_rules(SAMPLE_RULES).params())(params)
+
+
+def on_mesh(setup: RLSetup, arrays: dict, axis: int = 0):
+    """Host arrays (whole on every process) as global arrays over the mesh, each process
+    giving its own rows; unchanged without a mesh."""
+    mesh = setup.mesh
+    if mesh is None:
+        return arrays
+    rows = next(iter(arrays.values())).shape[axis]
+    return distributed.global_batch(mesh, distributed.local_rows(mesh, arrays, axis), rows, axis)
 
 
 def batch_logprobs(setup: RLSetup, params, arrays: dict, chunk: int) -> np.ndarray:
     """Log-probs [B, R] of all rows, `chunk` rows per call."""
     rows = arrays["response_tokens"].shape[0]
-    parts = [
-        setup.logprobs(params, *(arrays[k][i : i + chunk] for k in SEQUENCE_KEYS))
-        for i in range(0, rows, chunk)
-    ]
-    return np.concatenate(jax.device_get(parts), axis=0)
+    parts = []
+    for i in range(0, rows, chunk):
+        part = on_mesh(setup, {k: arrays[k][i : i + chunk] for k in SEQUENCE_KEYS})
+        parts.append(setup.logprobs(params, *(part[k] for k in SEQUENCE_KEYS)))
+    return np.concatenate(distributed.to_host(parts), axis=0)
 
 
 def training_arrays(rollout: Rollout, cfg: RLConfig) -> dict[str, np.ndarray]:
@@ -188,8 +259,9 @@ def rl_step(setup: RLSetup, params, opt_state, records: list[dict], key: jax.Arr
     rollout_key, order_key = jax.random.split(key)
     seed = int(jax.random.randint(rollout_key, (), 0, 2**31 - 1))
     t0 = time.perf_counter()
-    model = nnx.merge(setup.graphdef, params)
+    model = nnx.merge(setup.graphdef, sampling_params(setup, params))
     rollout = collect(model, setup.tokenizer, records, cfg.rollout, cfg.reward, seed)
+    del model  # the sampling copy of the parameters is not needed past the rollout
     t1 = time.perf_counter()
     arrays = training_arrays(rollout, cfg)
     arrays["old_logp"] = batch_logprobs(setup, params, arrays, cfg.micro_rows)
@@ -199,8 +271,8 @@ def rl_step(setup: RLSetup, params, opt_state, records: list[dict], key: jax.Arr
     order = np.asarray(jax.random.permutation(order_key, rollout.rows))
     updates = []
     for mini in mini_batches(arrays, order, cfg.mini_batches, cfg.micro_rows):
-        params, opt_state, metrics = setup.update(params, opt_state, mini)
-        updates.append(jax.device_get(metrics))
+        params, opt_state, metrics = setup.update(params, opt_state, on_mesh(setup, mini, axis=1))
+        updates.append(distributed.to_host(metrics))
         if not updates[-1]["finite"]:
             break
     t3 = time.perf_counter()
@@ -221,14 +293,19 @@ def rl_step(setup: RLSetup, params, opt_state, records: list[dict], key: jax.Arr
 
 def train_rl(cfg: RLConfig, log=print) -> runlib.TrainState:
     """Runs (or resumes) RL to `cfg.steps`; returns the final state. See the module doc."""
+    log = runlib.start_run(cfg, log)
     run_dir, ckpt = runlib.prepare_run_dir(cfg)
-    model, tokenizer, _ = build_model(cfg.model, run_dir)
+    mesh = run_mesh(cfg.mesh)
+    model, tokenizer, _ = build_model(cfg.model, run_dir, mesh)
     graphdef, params = nnx.split(model)
-    setup, tx = RLSetup.create(cfg, graphdef, tokenizer, params)
+    layout = None if mesh is None else Layout.of(params, mesh)
+    setup, tx = RLSetup.create(cfg, graphdef, tokenizer, params, layout)
     prompts = prompt_batches(read_records(cfg.data), cfg.rollout.prompts_per_step, cfg.data.seed)
     with closing(iter(prompts)) as data_iter:
-        state = runlib.start_state(cfg, ckpt, params, tx, data_iter, log)
-        metrics_log = MetricsLog(run_dir / "metrics.jsonl", resume_step=state.step)
+        state = runlib.start_state(cfg, ckpt, params, tx, data_iter, log, layout)
+        metrics_log = MetricsLog(
+            run_dir / "metrics.jsonl", resume_step=state.step, enabled=distributed.is_main()
+        )
         while state.step < cfg.steps:
             key, step_key = jax.random.split(jax.random.wrap_key_data(state.rng))
             records = next(data_iter)
@@ -245,5 +322,6 @@ def train_rl(cfg: RLConfig, log=print) -> runlib.TrainState:
             if state.step % cfg.log_every == 0 or state.step == cfg.steps:
                 log(console_line(record, CONSOLE_KEYS))
         runlib.finish(cfg, ckpt, state, data_iter, graphdef, tokenizer, log)
-    plot_metric(run_dir / "metrics.jsonl", run_dir / "think_ratio.png")
+    if distributed.is_main():
+        plot_metric(run_dir / "metrics.jsonl", run_dir / "think_ratio.png")
     return state

@@ -1,20 +1,23 @@
 """What every training run shares: its directory, resuming, saving, and stopping on NaN.
 
-`start_run` prepares `run_dir` (the resolved config is written to `run_dir/config.yaml`) and
-restores the latest checkpoint when `resume` allows it. `TrainState` is the host-side bundle of
-what a checkpoint holds. `check_finite` turns a non-finite step into `TrainingStopped` with a
-message that names the step, the numbers and the last good checkpoint.
+`start_run` joins the multi-host run the config asks for (before any device is used) and
+gives the run's logger (silent off the main process). `prepare_run_dir` prepares `run_dir`
+(local or gs://; the resolved config is written to `run_dir/config.yaml`) and `start_state`
+restores the latest checkpoint when `resume` allows it. `TrainState` is the bundle of what a
+checkpoint holds; on a mesh it is created and restored directly on its shardings (a `Layout`).
+`check_finite` turns a non-finite step into `TrainingStopped` with a message that names the
+step, the numbers and the last good checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import jax
 import yaml
 
-from jaxthink.training.checkpoint import Checkpointer, export_model
+from jaxthink import distributed
+from jaxthink.training.checkpoint import Checkpointer, export_model, run_path
 from jaxthink.training.configfile import to_dict
 
 
@@ -44,25 +47,39 @@ def commit(tree):
     return jax.tree.map(lambda x: jax.device_put(x, x.sharding), tree)
 
 
-def prepare_run_dir(cfg) -> tuple[Path, Checkpointer]:
-    """Creates run_dir, refuses to clobber an old run when resume is off, saves the config."""
-    run_dir = Path(cfg.run_dir)
+def start_run(cfg, log=print):
+    """Joins the multi-host run of `cfg.distributed`, if any; returns the run's logger: `log`
+    on the main process, silent on the others."""
+    distributed.join(cfg.distributed)
+    return distributed.main_only(log)
+
+
+def prepare_run_dir(cfg):
+    """Creates run_dir, refuses to clobber an old run when resume is off, saves the config.
+    Returns (run_dir as an etils.epath.Path, checkpointer)."""
+    run_dir = run_path(cfg.run_dir)
     ckpt = Checkpointer(run_dir / "checkpoints", cfg.save_every, cfg.keep_checkpoints)
     if not cfg.resume and ckpt.latest_step() is not None:
         raise FileExistsError(
             f"{run_dir} already holds checkpoints (latest step {ckpt.latest_step()}); "
             "pass resume=true to continue that run, or choose another run_dir"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return run_dir, ckpt
 
 
-def start_state(cfg, ckpt: Checkpointer, params, tx, data_iter, log=print) -> TrainState:
+def start_state(cfg, ckpt: Checkpointer, params, tx, data_iter, log=print, layout=None):
     """Step 0 from `params` and `cfg.seed`, or with `cfg.resume` the latest checkpoint (the
-    data iterator then moves to where that checkpoint left it)."""
+    data iterator then moves to where that checkpoint left it). With a `layout` (a mesh) the
+    optimizer state is created on its shardings and the PRNG key replicated."""
     rng = jax.random.key_data(jax.random.key(cfg.seed))
-    state = TrainState(0, *commit((params, tx.init(params), rng)))
+    if layout is None:
+        state = TrainState(0, *commit((params, tx.init(params), rng)))
+    else:
+        opt_state = layout.init_opt_state(tx, params)
+        state = TrainState(0, params, opt_state, jax.device_put(rng, layout.replicated))
     return restore_latest(ckpt, state, data_iter, log) if cfg.resume else state
 
 
@@ -72,8 +89,14 @@ def restore_latest(ckpt: Checkpointer, state: TrainState, data_iter, log=print) 
     if step is None:
         return state
     tree, data_state = ckpt.restore(step, state.tree())
-    data_iter.set_state(data_state)
     log(f"resumed from {ckpt.directory / str(step)}")
+    if data_state is None:
+        log(
+            "the checkpoint was written by a different number of processes: the data stream "
+            "starts again from its beginning"
+        )
+    else:
+        data_iter.set_state(data_state)
     return TrainState(step, tree["params"], tree["opt_state"], tree["rng"])
 
 
@@ -103,5 +126,6 @@ def finish(cfg, ckpt: Checkpointer, state: TrainState, data_iter, graphdef, toke
     save(ckpt, state, data_iter, force=True)
     ckpt.wait()
     if cfg.export:
-        out = export_model(graphdef, state.params, tokenizer, Path(cfg.run_dir) / "hf")
-        log(f"exported the final model to {out}")
+        out = export_model(graphdef, state.params, tokenizer, run_path(cfg.run_dir) / "hf")
+        if out is not None:
+            log(f"exported the final model to {out}")

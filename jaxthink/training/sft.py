@@ -5,7 +5,8 @@
       --> orbax checkpoints, metrics.jsonl, run_dir/hf
 
 `make_sft_step(graphdef, tx)` is a pure function of (params, opt_state, batch): the run jits it
-with donated parameters; a sharded run gives it in/out shardings instead.
+with donated parameters; on a mesh (`cfg.mesh`) with explicit in/out shardings too, the batch
+assembled from every process's own rows of it (jaxthink.distributed).
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ from contextlib import closing
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import NamedSharding
 
+from jaxthink import distributed
+from jaxthink.distributed import batch_spec
 from jaxthink.models import forward
 from jaxthink.training import run as runlib
 from jaxthink.training.config import OptimConfig, SFTConfig
+from jaxthink.training.mesh import Layout, run_mesh
 from jaxthink.training.metrics import MetricsLog, console_line
 from jaxthink.training.model_setup import build_model
 from jaxthink.training.optim import apply_gradients, learning_rate, make_optimizer
@@ -62,19 +67,33 @@ def make_sft_step(graphdef, tx):
 
 
 @functools.lru_cache(maxsize=8)
-def compiled_sft_step(graphdef, optim: OptimConfig, total: int):
+def compiled_sft_step(graphdef, optim: OptimConfig, total: int, layout: Layout | None = None):
     """(optimizer, jitted step with donated params and optimizer state), cached so that runs of
-    one model shape and optimizer in a process share the compiled program."""
+    one model shape and optimizer in a process share the compiled program. With a `layout` the
+    step has explicit shardings: state as the layout says, batch rows over data x fsdp."""
     tx = make_optimizer(optim, total)
-    return tx, jax.jit(make_sft_step(graphdef, tx), donate_argnums=(0, 1))
+    step = make_sft_step(graphdef, tx)
+    if layout is None:
+        return tx, jax.jit(step, donate_argnums=(0, 1))
+    state = (layout.params(), layout.opt_state(tx))
+    batch = NamedSharding(layout.mesh, batch_spec(2))
+    return tx, jax.jit(
+        step,
+        in_shardings=(*state, batch),
+        out_shardings=(*state, layout.replicated),
+        donate_argnums=(0, 1),
+    )
 
 
 def train_sft(cfg: SFTConfig, log=print) -> runlib.TrainState:
     """Runs (or resumes) SFT to `cfg.steps`; returns the final state. See the module doc."""
+    log = runlib.start_run(cfg, log)
     run_dir, ckpt = runlib.prepare_run_dir(cfg)
-    model, tokenizer, _ = build_model(cfg.model, run_dir)
+    mesh = run_mesh(cfg.mesh)
+    model, tokenizer, _ = build_model(cfg.model, run_dir, mesh)
     graphdef, params = nnx.split(model)
-    tx, step_fn = compiled_sft_step(graphdef, cfg.optim, cfg.steps)
+    layout = None if mesh is None else Layout.of(params, mesh)
+    tx, step_fn = compiled_sft_step(graphdef, cfg.optim, cfg.steps, layout)
     lr = learning_rate(cfg.optim, cfg.steps)
     batches = sft_batches(
         tokenizer,
@@ -83,16 +102,20 @@ def train_sft(cfg: SFTConfig, log=print) -> runlib.TrainState:
         batch_size=cfg.batch_size,
         seed=cfg.data.seed,
         which=cfg.responses,
+        shard=distributed.data_shard(mesh, cfg.batch_size),
     )
     with closing(iter(batches)) as data_iter:
-        state = runlib.start_state(cfg, ckpt, params, tx, data_iter, log)
-        metrics_log = MetricsLog(run_dir / "metrics.jsonl", resume_step=state.step)
+        state = runlib.start_state(cfg, ckpt, params, tx, data_iter, log, layout)
+        metrics_log = MetricsLog(
+            run_dir / "metrics.jsonl", resume_step=state.step, enabled=distributed.is_main()
+        )
         while state.step < cfg.steps:
             t0 = time.perf_counter()
-            batch = next(data_iter)
+            batch = next(data_iter)  # this process's rows of the global batch
             t_data = time.perf_counter() - t0
-            params, opt_state, metrics = step_fn(state.params, state.opt_state, batch)
-            metrics = jax.device_get(metrics)
+            rows = batch if mesh is None else distributed.global_batch(mesh, batch, cfg.batch_size)
+            params, opt_state, metrics = step_fn(state.params, state.opt_state, rows)
+            metrics = distributed.to_host(metrics)
             runlib.check_finite(metrics, state.step + 1, ckpt)
             state = runlib.TrainState(state.step + 1, params, opt_state, state.rng)
             seconds = time.perf_counter() - t0
@@ -103,7 +126,7 @@ def train_sft(cfg: SFTConfig, log=print) -> runlib.TrainState:
                 "padding": float((batch["segment_ids"] == 0).mean()),
                 "seconds_data": t_data,
                 "seconds_step": seconds,
-                "tokens_per_s": batch["tokens"].size / seconds,
+                "tokens_per_s": cfg.batch_size * cfg.seq_len / seconds,
             }
             metrics_log.write(record)
             if state.step % cfg.log_every == 0 or state.step == cfg.steps:

@@ -15,7 +15,6 @@ segment ids and per-sample positions for `forward(model, tokens, segment_ids=, p
 from __future__ import annotations
 
 import grain
-import jax
 import numpy as np
 from grain.experimental import FirstFitPackIterDataset, ThreadPrefetchIterDataset
 
@@ -91,17 +90,22 @@ def sft_batches(
     seed: int,
     which: str = "both",
     prefetch: int = 2,
+    shard: tuple[int, int] = (0, 1),
 ) -> grain.IterDataset:
     """Packed batches {"tokens", "segment_ids", "positions", "loss"}, each int32 [B, seq_len].
 
-    `batch_size` is global; each JAX process yields its share of the rows. `prefetch` batches
-    are prepared ahead on a thread; the iterator's state still counts only consumed batches.
+    `batch_size` is global. With `shard` = (index, count) the stream reads share `index` of the
+    samples and yields its batch_size / count rows of every global batch (a process's rows:
+    `jaxthink.distributed.data_shard`). `prefetch` batches are prepared ahead on a thread; the
+    iterator's state still counts only consumed batches.
     """
     pairs = sample_pairs(records, which)
     check_control_tokens(tokenizer, pairs)
-    rows = batch_size // jax.process_count()
+    if batch_size % shard[1]:
+        raise ValueError(f"batch_size={batch_size} does not split into {shard[1]} data shares")
+    rows = batch_size // shard[1]
     eos = control_tokens(tokenizer).eos[0]
-    ds = record_stream(pairs, seed).map(lambda p: tokenize(tokenizer, *p, seq_len, eos))
+    ds = record_stream(pairs, seed, shard).map(lambda p: tokenize(tokenizer, *p, seq_len, eos))
     ds = ds.to_iter_dataset().filter(lambda s: s is not None)
     ds = FirstFitPackIterDataset(
         ds,
