@@ -1,10 +1,10 @@
-"""Training checkpoints: the per-process data state, and checkpoints from before it."""
+"""Training checkpoints: the per-process data state, checkpoints from before it, run paths."""
 
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxthink.training.checkpoint import Checkpointer
+from jaxthink.training.checkpoint import Checkpointer, is_remote, run_path
 
 STATE = {"params": {"w": jnp.arange(6.0).reshape(2, 3)}, "rng": jnp.zeros(2, jnp.uint32)}
 
@@ -32,3 +32,10 @@ def test_a_checkpoint_with_one_json_data_state_still_restores(tmp_path):
     state, data = Checkpointer(tmp_path, save_every=1).restore(3, STATE)
     np.testing.assert_array_equal(state["params"]["w"], STATE["params"]["w"])
     assert data == {"next_index": 7}
+
+
+def test_gs_run_directories_stay_uris_and_local_ones_become_absolute():
+    path = run_path("gs://bucket/runs/rl") / "checkpoints"
+    assert str(path) == "gs://bucket/runs/rl/checkpoints" and is_remote(path)
+    local = run_path("runs/rl")
+    assert not is_remote(local) and local.is_absolute() and str(local).endswith("/runs/rl")

@@ -8,7 +8,8 @@ Files, one idea each: config.py and configfile.py (typed run configs from YAML),
 (the starting model), records.py and sft_data.py (grain data streams; packed rows go through
 `forward(..., segment_ids=, positions=)`), optim.py (AdamW and the guarded update), sft.py and
 rl.py (the two trainers and their pure step functions), rollout.py and logprobs.py (RL sampling
-and scoring), checkpoint.py, metrics.py and run.py (what every run shares).
+and scoring), mesh.py (where the training state and batches live on a mesh), checkpoint.py,
+metrics.py and run.py (what every run shares). Multi-host runs: jaxthink.distributed.
 """
 
 from jaxthink.training.config import (
