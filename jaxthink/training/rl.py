@@ -294,8 +294,8 @@ def rl_step(setup: RLSetup, params, opt_state, records: list[dict], key: jax.Arr
 def train_rl(cfg: RLConfig, log=print) -> runlib.TrainState:
     """Runs (or resumes) RL to `cfg.steps`; returns the final state. See the module doc."""
     log = runlib.start_run(cfg, log)
-    run_dir, ckpt = runlib.prepare_run_dir(cfg)
     mesh = run_mesh(cfg.mesh)
+    run_dir, ckpt = runlib.prepare_run_dir(cfg)
     model, tokenizer, _ = build_model(cfg.model, run_dir, mesh)
     graphdef, params = nnx.split(model)
     layout = None if mesh is None else Layout.of(params, mesh)

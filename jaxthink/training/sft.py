@@ -88,8 +88,8 @@ def compiled_sft_step(graphdef, optim: OptimConfig, total: int, layout: Layout |
 def train_sft(cfg: SFTConfig, log=print) -> runlib.TrainState:
     """Runs (or resumes) SFT to `cfg.steps`; returns the final state. See the module doc."""
     log = runlib.start_run(cfg, log)
-    run_dir, ckpt = runlib.prepare_run_dir(cfg)
     mesh = run_mesh(cfg.mesh)
+    run_dir, ckpt = runlib.prepare_run_dir(cfg)
     model, tokenizer, _ = build_model(cfg.model, run_dir, mesh)
     graphdef, params = nnx.split(model)
     layout = None if mesh is None else Layout.of(params, mesh)
