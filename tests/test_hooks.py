@@ -6,7 +6,14 @@ import pytest
 import torch
 
 import jaxthink
-from jaxthink.models import Steering, forward, forward_cached, init_cache, residual_stream
+from jaxthink.models import (
+    Steering,
+    forward,
+    forward_alternatives,
+    forward_cached,
+    init_cache,
+    residual_stream,
+)
 from tests.hf_models import write_tiny_hf
 
 LENGTHS = [9, 6, 4]
@@ -118,36 +125,28 @@ def test_cached_steps_steer_and_capture_like_the_full_forward(pair):
     )
 
 
-def test_alternatives_are_candidates_for_one_position_sharing_the_cache(pair):
+def test_alternatives_finish_one_token_steered_several_ways_reading_the_cache(pair):
     _, model, cfg = pair
     tokens, valid = left_padded(LENGTHS, cfg.vocab_size, seed=3)
     b = len(LENGTHS)
-    cache = init_cache(cfg, b, tokens.shape[1] + 8)
-    _, cache = forward_cached(model, tokens, valid, cache)
+    _, cache = forward_cached(model, tokens, valid, init_cache(cfg, b, tokens.shape[1] + 4))
     vectors = np.random.default_rng(2).normal(size=(b, cfg.hidden_size)).astype(np.float32)
     coefficients = np.array([0.0, 0.5, 1.0, 3.0], np.float32)
     token = np.array([[7], [11], [13]], np.int32)
-    alternatives = np.repeat(token, len(coefficients), axis=1)
-    active = np.array([True, True, False])  # a finished row feeds nothing
-    logits, after = forward_cached(
-        model, alternatives, np.repeat(active[:, None], 4, 1), cache, alternatives=True,
-        steer=Steering(vectors, np.tile(coefficients, (b, 1)), layer=1),
+    active = np.array([[True], [True], [False]])  # a finished row feeds nothing
+    _, _, residual = forward_cached(model, token, active, cache, capture_layer=1)
+    steering = Steering(vectors, np.tile(coefficients, (b, 1)), layer=1)
+    alternatives = forward_alternatives(
+        model, residual + steering.delta(residual.dtype), np.repeat(active, 4, 1), cache,
+        after_layer=1,
     )  # fmt: skip
     for j, c in enumerate(coefficients):
         alone, _ = forward_cached(
-            model, token, active[:, None], cache,
+            model, token, active, cache,
             steer=Steering(vectors, np.full((b, 1), c, np.float32), layer=1),
         )  # fmt: skip
-        np.testing.assert_allclose(np.asarray(logits)[:2, j], np.asarray(alone)[:2, 0], atol=1e-5)
-    plain_logits, plain = forward_cached(model, token, active[:, None], cache)
-    np.testing.assert_array_equal(after.index, plain.index)
-    np.testing.assert_array_equal(after.pos, plain.pos)
-    np.testing.assert_array_equal(after.valid, plain.valid)
-    # The next step sees alternative 0 (unsteered here) as the prefix, not the scratch slots.
-    nxt = np.array([[5], [5], [5]], np.int32)
-    ones = np.ones((b, 1), bool)
-    np.testing.assert_allclose(
-        np.asarray(forward_cached(model, nxt, ones, after)[0]),
-        np.asarray(forward_cached(model, nxt, ones, plain)[0]),
-        atol=1e-5,
-    )
+        np.testing.assert_allclose(
+            np.asarray(alternatives)[:2, j], np.asarray(alone)[:2, 0], atol=1e-5
+        )
+    with pytest.raises(ValueError, match="after_layer=3: the model has blocks 0..2"):
+        forward_alternatives(model, residual, active, cache, after_layer=3)

@@ -11,7 +11,9 @@ Entry points, all pure functions of (model, inputs):
 - `forward_cached(model, tokens, valid, cache)`: append T tokens per row to a KV cache and return
   their logits. Prefill is T = prompt length on an empty cache; decoding is T = 1. Each row has its
   own write slot and RoPE position, so rows may advance differently (forced tokens, hybrid steps).
-  With `alternatives=True` the T tokens are candidates for one and the same next position.
+- `forward_alternatives(model, residual, valid, cache, after_layer=L)`: logits of T alternative
+  residual streams (after block L) for each row's next position, each attending to the cache and
+  to itself; the cache is only read. The hybrid decode steers one token C ways with it.
 - `residual_stream(model, tokens, valid, layers)`: the residual stream after the given blocks.
 
 Hooks (the hybrid method's): `capture_layer=L` also returns the residual stream after block L
@@ -128,14 +130,21 @@ class Attention(nnx.Module):
         """x [B,T,E]; mask [B,T,S] over the keys attended (S = T without a cache).
 
         With `cache_kv` = (k, v) [B,S,K,D], this step's keys and values are written at
-        `write_index[b] + t` and attention reads the whole cache.
+        `write_index[b] + t` and attention reads the whole cache. With `cache_kv` but no
+        `write_index` the cache is only read: each query attends to the cache slots the mask
+        allows and to its own key (T alternatives for one position), and (k, v) come back as given.
         """
         q, k, v = self._project(x, positions)
-        if cache_kv is not None:
-            write = jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice(c, u, (i, 0, 0)))
-            k = write(cache_kv[0], k.astype(cache_kv[0].dtype), write_index)
-            v = write(cache_kv[1], v.astype(cache_kv[1].dtype), write_index)
-        out = _attend(q, k, v, mask, self.cfg.head_dim**-0.5)
+        scale = self.cfg.head_dim**-0.5
+        if cache_kv is not None and write_index is None:
+            out = _attend_with_self(q, k, v, cache_kv, mask, scale)
+            k, v = cache_kv
+        else:
+            if cache_kv is not None:
+                write = jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice(c, u, (i, 0, 0)))
+                k = write(cache_kv[0], k.astype(cache_kv[0].dtype), write_index)
+                v = write(cache_kv[1], v.astype(cache_kv[1].dtype), write_index)
+            out = _attend(q, k, v, mask, scale)
         out = jnp.einsum("bthd,hde->bte", out, self.o[...])
         if self.cfg.o_bias:
             out = out + self.o_bias[...]
@@ -151,6 +160,24 @@ def _attend(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
     scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(q.dtype))
+    return out.reshape(b, t, h, d)
+
+
+def _attend_with_self(q, k_self, v_self, cache_kv, mask, scale: float) -> Array:
+    """Attention of q [B,T,H,D] to the cache slots `mask` [B,T,S] allows plus each query's own
+    key/value (k_self, v_self [B,T,K,D]): one softmax over S + 1 scores, the cache unchanged."""
+    b, t, h, d = q.shape
+    k_cache, v_cache = cache_kv
+    kv_heads = k_cache.shape[2]
+    q = q.reshape(b, t, kv_heads, h // kv_heads, d)
+    to_cache = jnp.einsum("btkgd,bskd->bkgts", q, k_cache.astype(q.dtype))
+    to_self = jnp.einsum("btkgd,btkd->bkgt", q, k_self.astype(q.dtype))[..., None]
+    scores = jnp.concatenate([to_cache, to_self], axis=-1).astype(jnp.float32) * scale
+    allowed = jnp.concatenate([mask, jnp.ones((b, t, 1), bool)], axis=-1)
+    scores = jnp.where(allowed[:, None, None, :, :], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs[..., :-1], v_cache.astype(q.dtype))
+    out = out + jnp.einsum("bkgt,btkd->btkgd", probs[..., -1], v_self.astype(q.dtype))
     return out.reshape(b, t, h, d)
 
 
@@ -244,14 +271,18 @@ def _check_layer(model: Qwen, layer: int, what: str) -> None:
 
 
 def _run_blocks(model, x, positions, mask, *, steer=None, capture_layer=None, caches=None,
-                write_index=None):  # fmt: skip
-    """The decoder blocks with the hooks. Returns (x, captured or None, new (k, v) per layer)."""
+                write_index=None, first: int = 0):  # fmt: skip
+    """The decoder blocks from block `first` on, with the hooks.
+
+    Returns (x, captured or None, (k, v) per block run)."""
     if steer is not None:
         _check_layer(model, steer.layer, "steer.layer")
     if capture_layer is not None:
         _check_layer(model, capture_layer, "capture_layer")
     captured, kvs = None, []
     for i, layer in enumerate(model.layers):
+        if i < first:
+            continue
         cache_kv = None if caches is None else caches[i]
         x, kv = layer(x, positions, mask, cache_kv, write_index)
         kvs.append(kv)
@@ -326,7 +357,6 @@ def forward_cached(
     head: Array | None = None,
     steer: Steering | None = None,
     capture_layer: int | None = None,
-    alternatives: bool = False,
 ):
     """Appends tokens [B, T] (pads marked False in `valid`) to the cache; returns their logits.
 
@@ -334,28 +364,15 @@ def forward_cached(
     own. `last_only` returns the logits of the final position only ([B, 1, V]) - what prefill of a
     left-padded batch needs. `steer` and `capture_layer` are as in `forward`; with
     `capture_layer` the result is (logits, cache, residual stream after that block [B, T', E]).
-
-    `alternatives=True`: the T tokens are T candidates for the same next position (e.g. one
-    token under T steering coefficients). Each sees the cached prefix and itself only, all get the
-    row's next RoPE position, and the cache advances by one slot holding alternative 0; the other
-    T - 1 slots are scratch that the next call overwrites (the cache needs T - 1 spare slots).
     """
     valid = valid.astype(bool)
     b, t = tokens.shape
     write = jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice(c, u, (i,)))
-    written = write(cache.valid, valid, cache.index)
+    cache_valid = write(cache.valid, valid, cache.index)
     query_slot = cache.index[:, None] + jnp.arange(t)[None, :]  # [B, T]
     key_slot = jnp.arange(cache.length)[None, None, :]
-    if alternatives:
-        prefix = key_slot < cache.index[:, None, None]
-        mask = written[:, None, :] & (prefix | (key_slot == query_slot[:, :, None]))
-        positions = jnp.where(valid, cache.pos[:, None], 0).astype(jnp.int32)
-        kept = valid & (jnp.arange(t) == 0)[None, :]
-        cache_valid, advance, added = write(cache.valid, kept, cache.index), 1, kept[:, 0]
-    else:
-        mask = written[:, None, :] & (key_slot <= query_slot[:, :, None])
-        positions = positions_from_valid(valid, cache.pos)
-        cache_valid, advance, added = written, t, valid.sum(axis=1, dtype=jnp.int32)
+    mask = cache_valid[:, None, :] & (key_slot <= query_slot[:, :, None])
+    positions = positions_from_valid(valid, cache.pos)
     x = jnp.take(model.embed[...], tokens, axis=0)
     x, captured, kvs = _run_blocks(
         model, x, positions, mask, steer=steer, capture_layer=capture_layer,
@@ -368,8 +385,37 @@ def forward_cached(
         k=tuple(k for k, _ in kvs),
         v=tuple(v for _, v in kvs),
         valid=cache_valid,
-        index=cache.index + advance,
-        pos=cache.pos + added.astype(jnp.int32),
+        index=cache.index + t,
+        pos=cache.pos + valid.sum(axis=1, dtype=jnp.int32),
     )
     logits = model.logits(x, head)
     return (logits, cache) if capture_layer is None else (logits, cache, captured)
+
+
+def forward_alternatives(
+    model: Qwen,
+    residual: Array,
+    valid: Array,
+    cache: KVCache,
+    *,
+    after_layer: int,
+    head: Array | None = None,
+) -> Array:
+    """Logits [B, T, V] of T alternatives for each row's next position, given as residual
+    streams after block `after_layer` ([B, T, E]); the cache is read, never written.
+
+    Alternative t of row b continues the forward pass of one token at slot index[b] and RoPE
+    position pos[b] from block after_layer + 1 on: it attends to the cache's valid slots before
+    index[b] and to itself, not to the other alternatives. With residual = (the token's residual
+    stream after block L, from `capture_layer`) + c_t * v, this is the token steered at layer L
+    by each coefficient c_t, without running blocks 0..L again.
+    """
+    _check_layer(model, after_layer, "after_layer")
+    valid = valid.astype(bool)
+    t = residual.shape[1]
+    before = jnp.arange(cache.length)[None, :] < cache.index[:, None]
+    mask = jnp.repeat((cache.valid & before)[:, None, :], t, axis=1)
+    positions = jnp.where(valid, cache.pos[:, None], 0).astype(jnp.int32)
+    caches = list(zip(cache.k, cache.v, strict=True))
+    x, _, _ = _run_blocks(model, residual, positions, mask, caches=caches, first=after_layer + 1)
+    return model.logits(x, head)

@@ -1,0 +1,153 @@
+"""Hybrid decoding: the cached loop reproduces the uncached published algorithm token for token
+(one-position window, every ablation, early ends), the per-token choice rule, the front end."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxthink.decode.hybrid import choose, hybrid_generate, run_hybrid
+from jaxthink.decode.hybrid_reference import hybrid_reference
+from jaxthink.models import Qwen
+from jaxthink.steer.sae import init_sae
+from jaxthink.steer.vectors import SteeringVectors, load_steering, save_steering
+from tests.char_models import char_model
+
+COEFFICIENTS = (0.25, 0.5, 1.0, 2.0)
+QUESTIONS = ("12+9", "345*7", "9")
+NEW = 16
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A thinking model and a base model (different seeds: they disagree on most tokens)."""
+    thinking, tokenizer = char_model(seed=0)
+    base, _ = char_model(seed=1)
+    return thinking, base, tokenizer
+
+
+def random_steering(e=64, n=5, seed=0, layer=1, sae_layer=2):
+    rng = np.random.default_rng(seed)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    sae = init_sae(rng, n, e)._replace(b_enc=jnp.asarray(rng.normal(size=n), jnp.float32))
+    return SteeringVectors(
+        layer=layer,
+        bias=(2.0 * unit(rng.normal(size=e))).astype(np.float32),
+        vectors=(4.0 * unit(rng.normal(size=(n, e)))).astype(np.float32),
+        sae=sae,
+        sae_mean=(0.1 * rng.normal(size=e)).astype(np.float32),
+        sae_layer=sae_layer,
+    )
+
+
+def prompts(tokenizer):
+    return [tokenizer.encode(f"Q: {q}\nA:<think>") for q in QUESTIONS]
+
+
+@pytest.mark.parametrize("ablation", ["none", "bias_only", "random_latent"])
+def test_cached_hybrid_equals_the_uncached_algorithm(pair, ablation):
+    thinking, base, tokenizer = pair
+    steering = random_steering()
+    rows = prompts(tokenizer)
+    state = run_hybrid(
+        thinking, base, rows, rows, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
+        eos_ids=(1,), ablation=ablation, seed=7,
+    )  # fmt: skip
+    chosen = set()
+    for r, row in enumerate(rows):
+        ref = hybrid_reference(
+            thinking, base, row, row, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
+            eos_ids=(1,), ablation=ablation, key=jax.random.fold_in(jax.random.key(7), r),
+        )  # fmt: skip
+        n = int(state.lengths[r])
+        assert state.tokens[r, :n].tolist() == ref.tokens
+        assert state.steered[r, :n].tolist() == ref.steered
+        assert state.latents[r, :n].tolist() == ref.latents
+        assert state.coefficient[r, :n].tolist() == ref.coefficients
+        chosen |= set(ref.coefficients)
+    assert state.steered.any() and not state.steered.all()  # both branches of the rule ran
+    assert len(chosen - {-1}) > 1  # different coefficients won: the steering mattered
+
+
+def test_rows_end_at_their_own_eos_like_the_reference(pair):
+    thinking, base, tokenizer = pair
+    steering = random_steering(seed=1)
+    rows = prompts(tokenizer)
+    first = run_hybrid(
+        thinking, base, rows, rows, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
+        eos_ids=(1,),
+    )  # fmt: skip
+    eos = int(first.tokens[0, 5])  # a token row 0 emits at step 5 now ends it there
+    state = run_hybrid(
+        thinking, base, rows, rows, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
+        eos_ids=(eos,),
+    )  # fmt: skip
+    for r, row in enumerate(rows):
+        ref = hybrid_reference(
+            thinking, base, row, row, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
+            eos_ids=(eos,),
+        )  # fmt: skip
+        assert state.tokens[r, : int(state.lengths[r])].tolist() == ref.tokens
+    assert int(state.lengths[0]) <= 6 and state.tokens[0, int(state.lengths[0]) - 1] == eos
+
+
+def test_choice_rule():
+    logp = jnp.log(jnp.array([[0.1, 0.6, 0.3], [0.2, 0.4, 0.4], [0.5, 0.3, 0.2]]))
+    base_greedy = jnp.array([0, 0, 2])
+    steered = jnp.array([True, True, False])  # row 2: the two models agreed
+    candidates = jnp.array([[2, 1, 0], [2, 1, 2], [1, 1, 1]])
+    token, coefficient = choose(base_greedy, steered, candidates, logp)
+    # Row 0: candidate 1 (p 0.6); row 1: tokens 2 and 1 tie at 0.4, the first wins; row 2: base.
+    assert token.tolist() == [1, 2, 2]
+    assert coefficient.tolist() == [1, 0, -1]
+
+
+def test_generate_front_end(pair, tmp_path):
+    thinking, base, tokenizer = pair
+    path = save_steering(tmp_path / "steering.npz", random_steering())
+    steering = load_steering(path)
+    np.testing.assert_array_equal(steering.vectors, random_steering().vectors)
+    out = hybrid_generate(
+        thinking, base, tokenizer, list(QUESTIONS), steering, coefficients=COEFFICIENTS,
+        max_new_tokens=NEW,
+    )  # fmt: skip
+    assert [g.prompt for g in out] == list(QUESTIONS)
+    rows = prompts(tokenizer)  # the chat template, then the opening of the thinking block
+    state = run_hybrid(
+        thinking, base, rows, rows, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
+        eos_ids=(1,),
+    )  # fmt: skip
+    for r, g in enumerate(out):
+        assert g.token_ids == state.tokens[r, : int(state.lengths[r])].tolist()
+        assert g.mode == "hybrid" and g.num_tokens == len(g.token_ids) == len(g.latents)
+        assert g.steered_fraction == g.steered_tokens / g.num_tokens
+        assert g.steered_tokens == sum(c is not None for c in g.coefficients)
+        assert set(g.coefficients) <= {None, *COEFFICIENTS}
+        assert g.text == tokenizer.decode(
+            g.token_ids[:-1] if g.finish_reason == "eos" else g.token_ids
+        )
+
+
+def test_mismatched_models_and_files_are_refused(pair):
+    thinking, base, tokenizer = pair
+    shaped = lambda **kw: nnx.eval_shape(  # the checks read configs only: no weights needed
+        lambda: Qwen(dataclasses.replace(base.cfg, **kw), rngs=nnx.Rngs(0))
+    )
+    other = shaped(hidden_size=32, intermediate_size=64, num_layers=2)
+    call = lambda base_model, steering, **kw: hybrid_generate(
+        thinking, base_model, tokenizer, "1+1", steering, max_new_tokens=4, **kw
+    )
+    with pytest.raises(ValueError, match="steering layer 2: the base model has blocks 0..1"):
+        call(other, random_steering(layer=2))
+    with pytest.raises(ValueError, match="steering vectors have width 64 but the base model's"):
+        call(other, random_steering(layer=0))
+    wider = shaped(vocab_size=120)
+    with pytest.raises(ValueError, match="vocabulary has 102 entries and the base model's 120"):
+        call(wider, random_steering())
+    with pytest.raises(ValueError, match="ablation 'random'; accepted: none, bias_only"):
+        call(base, random_steering(), ablation="random")
+    with pytest.raises(ValueError, match="coefficients: give at least one"):
+        call(base, random_steering(), coefficients=())
