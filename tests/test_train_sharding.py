@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -98,6 +99,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_together(workers, timeout: float = 600) -> None:
+    """Waits for all workers; once one fails (or time runs out) the others, which would wait
+    for it at their next collective, are stopped."""
+    deadline = time.monotonic() + timeout
+    while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
+        if any(w.poll() for w in workers):
+            break
+        time.sleep(0.2)
+    for worker in workers:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
     directory = tmp_path_factory.mktemp("two")
@@ -116,8 +131,9 @@ def two_processes(tmp_path_factory):
                     stderr=out,
                 )  # fmt: skip
             )
+    wait_together(workers)
     for worker, log in zip(workers, logs):
-        assert worker.wait(timeout=600) == 0, log.read_text()[-4000:]
+        assert worker.returncode == 0, log.read_text()[-4000:]
     proc = subprocess.run(
         [sys.executable, "-m", module, "check", str(directory)],
         cwd=ROOT, env=environment(1), capture_output=True, text=True, timeout=600,
