@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
+from jaxthink.distributed import is_main
 from jaxthink.loading import load
 from jaxthink.models import ModelConfig, Qwen
 from jaxthink.sharding import TRAIN_RULES, check_model_fits
@@ -51,12 +52,13 @@ def hf_config(spec: ModelSpec, tokenizer) -> dict:
 
 def fresh_tokenizer(spec: ModelSpec, run_dir: Path):
     """The tokenizer of a fresh model: the character vocabulary ("char") or a directory's.
-    The character tokenizer's files go to `run_dir/tokenizer` (a local temporary directory when
-    run_dir is remote, e.g. gs://: the export carries the tokenizer either way)."""
+    The character tokenizer's files go to `run_dir/tokenizer`, written by the main process only;
+    the others, and a remote run_dir (gs://), use a local temporary directory (the export
+    carries the tokenizer either way)."""
     if spec.tokenizer == "char":
         from jaxthink.data.char_tokenizer import build_char_tokenizer
 
-        if "://" in str(run_dir):
+        if "://" in str(run_dir) or not is_main():
             run_dir = Path(tempfile.mkdtemp(prefix="jaxthink-tokenizer-"))
         return load_tokenizer(build_char_tokenizer(Path(run_dir) / "tokenizer"))
     return load_tokenizer(spec.tokenizer)
