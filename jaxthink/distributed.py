@@ -191,12 +191,18 @@ def local_rows(mesh: Mesh, arrays, axis: int = 0):
     return jax.tree.map(one, arrays)
 
 
+def _spans_processes(x) -> bool:
+    return isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated)
+
+
 def to_host(tree):
     """Host (numpy) copies of `tree`'s arrays on this process. An array that spans other
     processes' devices is gathered from them: every process must call this together."""
+    if not any(_spans_processes(x) for x in jax.tree.leaves(tree)):
+        return jax.device_get(tree)  # one batched transfer
 
     def one(x):
-        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+        if _spans_processes(x):
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return jax.device_get(x)
 
