@@ -4,6 +4,8 @@
     echo "12*34" | python -m infer --mode thinkless --json
     python -m infer --data problems.jsonl --mode think_budget=128,256 --n 8 --out runs/eval
     python -m infer bench
+    python -m infer --mode hybrid --model THINKING_DIR --base-model BASE_DIR --steering FILE
+    python -m infer bench-hybrid
 
 Without --model the shipped demo model answers. Human output shows the thinking dimmed, then the
 answer, the mode and token counts; --json prints one JSON object per sample.
@@ -16,6 +18,7 @@ import json
 import sys
 import time
 
+from infer import hybrid
 from jaxthink.policies import ModeError, ModeOptions, modes_help, parse_modes
 
 DIM, BOLD, RESET = "\033[2m", "\033[1m", "\033[0m"
@@ -24,8 +27,9 @@ DIM, BOLD, RESET = "\033[2m", "\033[1m", "\033[0m"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m infer",
-        description="Generate with a reasoning mode (subcommand `bench`: decode speed).",
-        epilog=modes_help(),
+        description="Generate with a reasoning mode (subcommands `bench`: decode speed, "
+        "`bench-hybrid`: cached against uncached hybrid decoding).",
+        epilog=modes_help() + hybrid.HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", help="checkpoint directory (default: the shipped demo model)")
@@ -50,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--finish-line", action="store_true", help="budget forcing: end the line first (10%% grace)"
     )
+    hybrid.add_arguments(p)
     return p
 
 
@@ -58,7 +63,9 @@ def parse_args(argv: list[str] | None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.modes = [m for text in (args.mode or ["think"]) for m in parse_modes(text)]
+        args.hybrid = hybrid.check_args(parser, args)  # sets args.modes for --mode hybrid
+        if not args.hybrid:
+            args.modes = [m for text in (args.mode or ["think"]) for m in parse_modes(text)]
     except ModeError as e:
         parser.error(str(e))
     if args.n < 1:
@@ -115,6 +122,10 @@ def main(argv: list[str] | None = None) -> None:
         from infer.bench import main as bench
 
         return bench(argv[1:])
+    if argv[:1] == ["bench-hybrid"]:
+        from infer.bench_hybrid import main as bench_hybrid
+
+        return bench_hybrid(argv[1:])
     args = parse_args(argv)
     try:
         _main(args)
@@ -131,6 +142,8 @@ def _main(args) -> None:
     args.options = mode_options(args, model_cfg)
     demo = args.model is None
     max_new = args.max_new_tokens or (320 if demo else 1024)
+    if args.hybrid:
+        return hybrid.run_cli(args, model, tokenizer, _prompts(args), max_new)
     if args.data:
         from infer.evaluate import evaluate_cli
 

@@ -58,12 +58,14 @@ def evaluate(
     batch_size: int | None = None,
     progress: bool = True,
     info: dict | None = None,
+    generate_fn=generate,
 ) -> dict:
     """Samples, grades and summarises every mode on every problem; returns the summary.
 
     `modes` are Modes or mode strings (a string may sweep: `think_budget=128,256`). Outputs go to
     `out_dir` (see the module docstring); an `out_dir` holding an interrupted run is resumed.
     `info` (e.g. the data and model paths) is recorded in run.json and the summary.
+    `generate_fn` stands in for `jaxthink.generate` (the hybrid decode passes its own).
     """
     modes = _as_modes(modes)
     _check_problems(problems)
@@ -105,7 +107,7 @@ def evaluate(
         with _progress_bar(total, sum(len(m) for _, _, m in todo), progress) as bar:
             for chunk in _chunks(todo, max(1, (batch_size or 64) // n)):
                 bar.set_description(str(chunk[0][0]), refresh=False)
-                rows = _sample_problems(model, tokenizer, chunk, seed, sampling)
+                rows = _sample_problems(model, tokenizer, chunk, seed, sampling, generate_fn)
                 _append(samples_path, rows)
                 done.update({_key(row): row for row in rows})
                 bar.update(len(rows))
@@ -118,7 +120,7 @@ def evaluate(
     return summary
 
 
-def evaluate_cli(args, model, tokenizer, max_new: int) -> None:
+def evaluate_cli(args, model, tokenizer, max_new: int, generate_fn=generate) -> None:
     """`python -m infer --data FILE --out DIR ...`: evaluates and prints the table (or JSON)."""
     if not args.out:
         raise ValueError(
@@ -140,7 +142,7 @@ def evaluate_cli(args, model, tokenizer, max_new: int) -> None:
             model, tokenizer, problems, args.modes,
             n=args.n, out_dir=args.out, max_new_tokens=max_new, temperature=args.temperature,
             top_p=args.top_p, top_k=args.top_k, seed=args.seed, options=args.options,
-            batch_size=args.batch_size, info=info,
+            batch_size=args.batch_size, info=info, generate_fn=generate_fn,
         )  # fmt: skip
     except KeyboardInterrupt:
         sys.exit(f"interrupted: finished samples are in {Path(args.out) / SAMPLES_JSONL}; rerun "
@@ -174,7 +176,7 @@ def _chunks(todo: list, size: int) -> list[list]:
     return chunks
 
 
-def _sample_problems(model, tokenizer, chunk, seed, sampling) -> list[dict]:
+def _sample_problems(model, tokenizer, chunk, seed, sampling, generate_fn=generate) -> list[dict]:
     """The rows of the missing samples of a few problems under one mode, from one batch.
 
     All n samples of each problem are generated (each from its own key, see `problem_seed`),
@@ -184,7 +186,7 @@ def _sample_problems(model, tokenizer, chunk, seed, sampling) -> list[dict]:
     problems = [problem for _, problem, _ in chunk]
     seeds = [problem_seed(seed, p.id) for p in problems]
     try:
-        generations = generate(
+        generations = generate_fn(
             model, tokenizer, [p.question for p in problems], mode, seed=seeds, progress=None,
             **sampling,
         )  # fmt: skip
@@ -225,6 +227,7 @@ def sample_row(mode, problem: Problem, j: int, seed: int, g: Generation, v: Verd
         "confidence": g.confidence,
         "finish_reason": g.finish_reason,
         "budget_forced": g.budget_forced,
+        **({"steered_fraction": g.steered_fraction} if hasattr(g, "steered_fraction") else {}),
     }
 
 

@@ -1,6 +1,7 @@
 """Residual-stream hooks of the model: capture after block L, additive steering, and cached steps
 whose tokens are alternatives for one position - checked against transformers and `forward`."""
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -17,6 +18,10 @@ from jaxthink.models import (
 from tests.hf_models import write_tiny_hf
 
 LENGTHS = [9, 6, 4]
+# Jitted once per shape: eager calls would dispatch every small op of the model separately.
+forward_j = jax.jit(forward, static_argnames=("capture_layer",))
+cached_j = jax.jit(forward_cached, static_argnames=("capture_layer", "last_only"))
+alternatives_j = jax.jit(forward_alternatives, static_argnames=("after_layer",))
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +69,7 @@ def test_capture_is_the_residual_stream_after_block_l(pair):
     tokens, valid = left_padded(LENGTHS, cfg.vocab_size)
     _, hidden = hf_run(hf, tokens, valid)
     for layer in range(cfg.num_layers - 1):  # transformers' last entry is after the final norm
-        logits, captured = forward(model, tokens, valid, capture_layer=layer)
+        logits, captured = forward_j(model, tokens, valid, capture_layer=layer)
         np.testing.assert_allclose(np.asarray(captured)[valid], hidden[layer + 1][valid], atol=1e-4)
     stream = np.asarray(residual_stream(model, tokens, valid, [1, 0]))
     assert stream.shape == (2, len(LENGTHS), tokens.shape[1], cfg.hidden_size)
@@ -86,15 +91,15 @@ def test_steering_adds_the_vector_after_block_l_where_the_mask_says(pair):
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     ref, _ = hf_run(hf, tokens, valid, hook=(1, add))
-    ours = np.asarray(forward(model, tokens, valid, steer=Steering(vectors, scale, layer=1)))
+    ours = np.asarray(forward_j(model, tokens, valid, steer=Steering(vectors, scale, layer=1)))
     np.testing.assert_allclose(ours[valid], ref[valid], atol=1e-4)
-    plain = np.asarray(forward(model, tokens, valid))
+    plain = np.asarray(forward_j(model, tokens, valid))
     before = valid.copy()
     before[:, -3:] = False
     np.testing.assert_array_equal(ours[before], plain[before])  # causal: earlier positions unmoved
     assert np.abs(ours[:, -1] - plain[:, -1]).max() > 1e-2
     one_vector = Steering(vectors[0], scale, layer=1)  # [E] is shared by every row
-    shared = np.asarray(forward(model, tokens, valid, steer=one_vector))
+    shared = np.asarray(forward_j(model, tokens, valid, steer=one_vector))
     np.testing.assert_allclose(shared[0][valid[0]], ours[0][valid[0]], atol=1e-6)
 
 
@@ -104,7 +109,7 @@ def test_cached_steps_steer_and_capture_like_the_full_forward(pair):
     vector = np.random.default_rng(1).normal(size=cfg.hidden_size).astype(np.float32)
     scale = np.zeros(tokens.shape, np.float32)
     scale[:, -2] = 1.5
-    full, captured = forward(
+    full, captured = forward_j(
         model, tokens, valid, steer=Steering(vector, scale, layer=0), capture_layer=2
     )
     prompt = tokens.shape[1] - 3
@@ -112,7 +117,7 @@ def test_cached_steps_steer_and_capture_like_the_full_forward(pair):
     got_logits, got_hidden = [], []
     for lo, hi in ((0, prompt), (prompt, prompt + 1), (prompt + 1, prompt + 2), (prompt + 2, None)):
         steer = Steering(vector, scale[:, lo:hi], layer=0)
-        logits, cache, hidden = forward_cached(
+        logits, cache, hidden = cached_j(
             model, tokens[:, lo:hi], valid[:, lo:hi], cache, steer=steer, capture_layer=2
         )
         got_logits.append(np.asarray(logits))
@@ -129,19 +134,19 @@ def test_alternatives_finish_one_token_steered_several_ways_reading_the_cache(pa
     _, model, cfg = pair
     tokens, valid = left_padded(LENGTHS, cfg.vocab_size, seed=3)
     b = len(LENGTHS)
-    _, cache = forward_cached(model, tokens, valid, init_cache(cfg, b, tokens.shape[1] + 4))
+    _, cache = cached_j(model, tokens, valid, init_cache(cfg, b, tokens.shape[1] + 4))
     vectors = np.random.default_rng(2).normal(size=(b, cfg.hidden_size)).astype(np.float32)
     coefficients = np.array([0.0, 0.5, 1.0, 3.0], np.float32)
     token = np.array([[7], [11], [13]], np.int32)
     active = np.array([[True], [True], [False]])  # a finished row feeds nothing
-    _, _, residual = forward_cached(model, token, active, cache, capture_layer=1)
+    _, _, residual = cached_j(model, token, active, cache, capture_layer=1)
     steering = Steering(vectors, np.tile(coefficients, (b, 1)), layer=1)
-    alternatives = forward_alternatives(
+    alternatives = alternatives_j(
         model, residual + steering.delta(residual.dtype), np.repeat(active, 4, 1), cache,
         after_layer=1,
     )  # fmt: skip
     for j, c in enumerate(coefficients):
-        alone, _ = forward_cached(
+        alone, _ = cached_j(
             model, token, active, cache,
             steer=Steering(vectors, np.full((b, 1), c, np.float32), layer=1),
         )  # fmt: skip
@@ -149,4 +154,4 @@ def test_alternatives_finish_one_token_steered_several_ways_reading_the_cache(pa
             np.asarray(alternatives)[:2, j], np.asarray(alone)[:2, 0], atol=1e-5
         )
     with pytest.raises(ValueError, match="after_layer=3: the model has blocks 0..2"):
-        forward_alternatives(model, residual, active, cache, after_layer=3)
+        alternatives_j(model, residual, active, cache, after_layer=3)

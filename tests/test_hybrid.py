@@ -54,7 +54,8 @@ def test_cached_hybrid_equals_the_uncached_algorithm(pair, ablation):
     rows = prompts(tokenizer)
     state = run_hybrid(
         thinking, base, rows, rows, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
-        eos_ids=(1,), ablation=ablation, seed=7,
+        eos_ids=(1,), ablation=ablation,
+        keys=jnp.stack([jax.random.fold_in(jax.random.key(7), r) for r in range(len(rows))]),
     )  # fmt: skip
     chosen = set()
     for r, row in enumerate(rows):

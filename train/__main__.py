@@ -1,7 +1,9 @@
-"""`python -m train sft|rl --config FILE.yaml [key=value ...]` and `python -m train bench`.
+"""`python -m train sft|rl|sae|steer --config FILE.yaml [key=value ...]`, `python -m train bench`.
 
 A config is a YAML file of a typed dataclass (`jaxthink.training.config.SFTConfig` /
-`RLConfig`); `key=value` arguments override it, dotted for nested sections
+`RLConfig`, `jaxthink.training.sae_run.SAERunConfig`,
+`jaxthink.training.steer_run.SteerRunConfig`); `key=value` arguments override it, dotted for
+nested sections
 (`optim.lr=3e-4 rollout.group_size=4`). `--print-config` shows the resolved config and exits.
 Exit status: 0 done, 1 training stopped (non-finite loss), 2 bad config or input.
 """
@@ -14,6 +16,8 @@ import sys
 COMMANDS = {
     "sft": "supervised warm-up on paired <think>/<short> data",
     "rl": "on-policy DeGRPO / GRPO rounds (rollout, rewards, updates)",
+    "sae": "reasoning taxonomy: thinking traces, sentence vectors, top-k SAE grid, reports",
+    "steer": "steering vectors on the base model for the clusters of one SAE run",
     "bench": "seconds per RL step (rollout, log-probs, update) and tokens/s",
 }
 
@@ -32,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_class(command: str):
     from jaxthink.training.config import RLConfig, SFTConfig
+    from jaxthink.training.sae_run import SAERunConfig
+    from jaxthink.training.steer_run import SteerRunConfig
 
-    return {"sft": SFTConfig, "rl": RLConfig}[command]
+    return {"sft": SFTConfig, "rl": RLConfig, "sae": SAERunConfig, "steer": SteerRunConfig}[command]
 
 
 def run(args) -> None:
@@ -49,6 +55,14 @@ def run(args) -> None:
         from jaxthink.training.sft import train_sft
 
         train_sft(cfg)
+    elif args.command == "sae":
+        from jaxthink.training.sae_run import train_sae_run
+
+        train_sae_run(cfg)
+    elif args.command == "steer":
+        from jaxthink.training.steer_run import train_steer_run
+
+        train_steer_run(cfg)
     else:
         from jaxthink.training.rl import train_rl
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from jaxthink.decode.generate import Generation
+from jaxthink.decode.generate import Generation, row_key
 from jaxthink.decode.sampler import left_pad, output_matrix, params_dtype, self_certainty
 from jaxthink.models.qwen import Steering, forward_alternatives, forward_cached, init_cache
 from jaxthink.steer.sae import SAEParams, preactivations
@@ -236,18 +236,19 @@ def hybrid_params(steering: SteeringVectors, coefficients, ablation, keys, dtype
 def run_hybrid(
     thinking, base, think_prompts: list[list[int]], base_prompts: list[list[int]],
     steering: SteeringVectors, *, coefficients=DEFAULT_COEFFICIENTS, max_new_tokens: int,
-    eos_ids: Sequence[int], ablation: str = "none", seed: int = 0, first_row: int = 0,
-    pad_id: int = 0,
+    eos_ids: Sequence[int], ablation: str = "none", keys: Array | None = None, pad_id: int = 0,
 ) -> HybridState:  # fmt: skip
     """The cached hybrid on token-id prompts (one list per row, for each model); host arrays.
 
-    Row r's random-latent draws come from fold_in(key(seed), first_row + r), so they do not depend
-    on batching. No checks here beyond shapes: `hybrid_generate` validates a request first.
+    `keys` [B] are the rows' PRNG keys for the random-latent ablation (default: row r draws from
+    fold_in(key(0), r)). No checks here beyond shapes: `hybrid_generate` validates a request.
     """
     think_def, think_params = nnx.split(thinking)
     base_def, base_params = nnx.split(base)
-    b = len(think_prompts)
-    keys = jnp.stack([jax.random.fold_in(jax.random.key(seed), first_row + r) for r in range(b)])
+    if keys is None:
+        keys = jnp.stack(
+            [jax.random.fold_in(jax.random.key(0), r) for r in range(len(think_prompts))]
+        )
     hp = hybrid_params(steering, coefficients, ablation, keys, params_dtype(base_params))
     vocab = thinking.cfg.vocab_size
     eos = jnp.zeros(vocab, bool).at[jnp.asarray(list(eos_ids), jnp.int32)].set(True)
@@ -336,7 +337,7 @@ def hybrid_generate(
     coefficients: Sequence[float] = DEFAULT_COEFFICIENTS,
     ablation: str = "none",
     max_new_tokens: int = 512,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     batch_size: int | None = None,
     chat: bool = True,
     prefill_text: str | None = None,
@@ -346,13 +347,16 @@ def hybrid_generate(
 
     Each prompt is formatted with each model's chat template (`chat=False`: used as given) and
     followed by `prefill_text`, by default the thinking model's opening of a thinking block
-    (`thinking_opening`). `ablation`: "none", "bias_only" or "random_latent" (drawn from `seed`).
+    (`thinking_opening`). `ablation`: "none", "bias_only" or "random_latent", whose draws for
+    prompt p come from `seed` (one, or one per prompt) as `jaxthink.generate` keys its samples.
     Results come in prompt order; `steered_fraction` is the share of steered tokens.
     """
     base_tokenizer = base_tokenizer or tokenizer
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("no prompts given")
+    if isinstance(seed, Sequence) and len(seed) != len(prompts):
+        raise ValueError(f"seed: got {len(seed)} seeds for {len(prompts)} prompts")
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation {ablation!r}; accepted: {', '.join(ABLATIONS)}")
     coefficients = [float(c) for c in coefficients]
@@ -384,7 +388,7 @@ def hybrid_generate(
             model, base_model, [encoded["thinking"][r] for r in rows],
             [encoded["base"][r] for r in rows], steering, coefficients=coefficients,
             max_new_tokens=max_new_tokens, eos_ids=control.eos, ablation=ablation,
-            seed=seed, first_row=start, pad_id=pad_id,
+            keys=jnp.stack([row_key(seed, r, 0) for r in rows]), pad_id=pad_id,
         )  # fmt: skip
         seconds = time.perf_counter() - t0
         for i, r in enumerate(rows):
