@@ -58,14 +58,14 @@ def evaluate(
     batch_size: int | None = None,
     progress: bool = True,
     info: dict | None = None,
-    generate_fn=generate,
+    generate_fn=None,
 ) -> dict:
     """Samples, grades and summarises every mode on every problem; returns the summary.
 
     `modes` are Modes or mode strings (a string may sweep: `think_budget=128,256`). Outputs go to
     `out_dir` (see the module docstring); an `out_dir` holding an interrupted run is resumed.
     `info` (e.g. the data and model paths) is recorded in run.json and the summary.
-    `generate_fn` stands in for `jaxthink.generate` (the hybrid decode passes its own).
+    `generate_fn` stands in for `jaxthink.generate` if given (the hybrid decode passes its own).
     """
     modes = _as_modes(modes)
     _check_problems(problems)
@@ -120,7 +120,7 @@ def evaluate(
     return summary
 
 
-def evaluate_cli(args, model, tokenizer, max_new: int, generate_fn=generate) -> None:
+def evaluate_cli(args, model, tokenizer, max_new: int, generate_fn=None) -> None:
     """`python -m infer --data FILE --out DIR ...`: evaluates and prints the table (or JSON)."""
     if not args.out:
         raise ValueError(
@@ -176,7 +176,7 @@ def _chunks(todo: list, size: int) -> list[list]:
     return chunks
 
 
-def _sample_problems(model, tokenizer, chunk, seed, sampling, generate_fn=generate) -> list[dict]:
+def _sample_problems(model, tokenizer, chunk, seed, sampling, generate_fn=None) -> list[dict]:
     """The rows of the missing samples of a few problems under one mode, from one batch.
 
     All n samples of each problem are generated (each from its own key, see `problem_seed`),
@@ -186,7 +186,7 @@ def _sample_problems(model, tokenizer, chunk, seed, sampling, generate_fn=genera
     problems = [problem for _, problem, _ in chunk]
     seeds = [problem_seed(seed, p.id) for p in problems]
     try:
-        generations = generate_fn(
+        generations = (generate_fn or generate)(
             model, tokenizer, [p.question for p in problems], mode, seed=seeds, progress=None,
             **sampling,
         )  # fmt: skip

@@ -1,9 +1,18 @@
-"""Steering: the model-independent parts of the hybrid method's unsupervised reasoning taxonomy.
+"""Steering: the hybrid method's unsupervised reasoning taxonomy and its steering vectors.
 
-sentences (split traces, map to tokens, sentence vectors) -> sae (top-k sparse autoencoder whose
-argmax latent is a sentence's cluster) -> taxonomy (per-cluster report, JSON + Markdown).
+sentences (split traces, map to tokens, sentence vectors) -> activations (traces through a model:
+sentence vectors per layer) -> sae (top-k sparse autoencoder whose argmax latent is a sentence's
+cluster) -> taxonomy (per-cluster report, JSON + Markdown) -> train_vectors (optimised or
+difference-of-means vectors for the base model) -> vectors (the steering file the hybrid decode,
+`jaxthink.decode.hybrid`, reads).
 """
 
+from jaxthink.steer.activations import (
+    Trace,
+    TraceSentence,
+    sentence_activations,
+    trace_sentences,
+)
 from jaxthink.steer.sae import (
     DEFAULT_LATENTS,
     SAEConfig,
@@ -36,12 +45,18 @@ from jaxthink.steer.taxonomy import (
     taxonomy_report,
     write_report,
 )
+from jaxthink.steer.train_vectors import VectorTraining, mean_difference, train_vector
+from jaxthink.steer.vectors import SteeringVectors, load_steering, save_steering
 
 __all__ = [
     "DEFAULT_LATENTS",
     "SAEConfig",
     "SAEParams",
     "Sentence",
+    "SteeringVectors",
+    "Trace",
+    "TraceSentence",
+    "VectorTraining",
     "assign_clusters",
     "center_and_normalize",
     "decode",
@@ -49,19 +64,25 @@ __all__ = [
     "encode",
     "init_sae",
     "load_sae",
+    "load_steering",
     "make_update_step",
+    "mean_difference",
     "normalized_loss",
     "preactivations",
     "render_markdown",
     "renormalize_decoder",
     "sae_learning_rate",
     "save_sae",
+    "save_steering",
+    "sentence_activations",
     "sentence_vectors",
     "split_sentences",
     "taxonomy_report",
     "token_spans",
     "top_k_codes",
+    "trace_sentences",
     "train_grid",
     "train_sae",
+    "train_vector",
     "write_report",
 ]
