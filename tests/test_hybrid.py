@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxthink.decode.hybrid import choose, hybrid_generate, run_hybrid
+from jaxthink.decode.hybrid import TRACE_COUNT, choose, hybrid_generate, run_hybrid
 from jaxthink.decode.hybrid_reference import hybrid_reference
 from jaxthink.models import Qwen
 from jaxthink.steer.sae import init_sae
@@ -93,6 +93,20 @@ def test_rows_end_at_their_own_eos_like_the_reference(pair):
         )  # fmt: skip
         assert state.tokens[r, : int(state.lengths[r])].tolist() == ref.tokens
     assert int(state.lengths[0]) <= 6 and state.tokens[0, int(state.lengths[0]) - 1] == eos
+
+
+def test_new_coefficient_values_and_ablations_reuse_the_compiled_loop(pair):
+    thinking, base, tokenizer = pair
+    rows = prompts(tokenizer)
+    run = lambda coefficients, ablation: run_hybrid(
+        thinking, base, rows, rows, random_steering(seed=2), coefficients=coefficients,
+        max_new_tokens=NEW, eos_ids=(1,), ablation=ablation,
+    )  # fmt: skip
+    run(COEFFICIENTS, "none")
+    before = dict(TRACE_COUNT)
+    run((0.1, 0.3, 3.0, 9.0), "random_latent")
+    run(COEFFICIENTS, "bias_only")
+    assert dict(TRACE_COUNT) == before
 
 
 def test_choice_rule():
