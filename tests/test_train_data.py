@@ -34,6 +34,13 @@ def test_paired_records_give_a_think_and_a_short_response():
         responses_of({"prompt": "q", "answer": "1"})
 
 
+def test_short_repeats_trains_the_short_response_that_many_times():
+    think, short = responses_of(RECORD)
+    assert responses_of(RECORD, "both", short_repeats=3) == [think, short, short, short]
+    assert responses_of(RECORD, "short", short_repeats=2) == [short, short]
+    assert responses_of(RECORD, "think", short_repeats=2) == [think]
+
+
 def test_loss_covers_the_response_from_its_control_token_to_eos(tiny):
     _, tok = tiny
     sample = tokenize(tok, "12+9", "<short>\\boxed{21}", 64, tok.eos_token_id)

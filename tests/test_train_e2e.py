@@ -121,6 +121,15 @@ def test_sft_export_loads_in_python_m_infer(sft_run, capsys):
     assert sample["finish_reason"] == "eos"
 
 
+def test_a_character_model_exports_the_demo_task_mode_options(sft_run):
+    from jaxthink.data.char_tokenizer import MODE_OPTIONS
+
+    config = json.loads((sft_run / "hf" / "config.json").read_text())
+    assert config["mode_options"] == MODE_OPTIONS  # budget forcing continues with \boxed{
+    _, _, cfg = jaxthink.load(sft_run / "hf", tokenizer=False)
+    assert jaxthink.ModeOptions.for_model(cfg).answer_prefix == "\\boxed{"
+
+
 def _checkpoints(run_dir: Path) -> list[int]:
     path = run_dir / "checkpoints"
     return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.is_dir() else []

@@ -134,7 +134,8 @@ class RunFields:
 class SFTConfig(RunFields):
     """Supervised warm-up on paired `<think>`/`<short>` responses (or plain responses).
 
-    `responses` picks which of a paired record's responses become samples. Samples are packed
+    `responses` picks which of a paired record's responses become samples; `short_repeats`
+    trains each short response that many times per record. Samples are packed
     into rows of `seq_len` tokens (longer ones truncated); `batch_size` rows per step.
     """
 
@@ -142,6 +143,7 @@ class SFTConfig(RunFields):
     data: DataSource = dataclasses.field(default_factory=lambda: DataSource(levels=(1,)))
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     responses: str = "both"
+    short_repeats: int = 1
     seq_len: int = 512
     batch_size: int = 32
     run_dir: str = "runs/sft"
@@ -150,7 +152,7 @@ class SFTConfig(RunFields):
         super().__post_init__()
         if self.responses not in RESPONSES:
             raise ValueError(f"responses {self.responses!r}; accepted: {', '.join(RESPONSES)}")
-        _positive(self, "seq_len", "batch_size")
+        _positive(self, "seq_len", "batch_size", "short_repeats")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,8 +28,14 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def hf_config(spec: ModelSpec, tokenizer) -> dict:
-    """The config.json of a fresh model of `spec`'s shape for this tokenizer."""
+    """The config.json of a fresh model of `spec`'s shape for this tokenizer. A character model
+    also names the mode options of the demo task's response format."""
     head_dim = spec.head_dim or spec.hidden_size // spec.num_heads
+    own = {}
+    if spec.tokenizer == "char":
+        from jaxthink.data.char_tokenizer import MODE_OPTIONS
+
+        own = {"mode_options": dict(MODE_OPTIONS)}
     return {
         "architectures": [spec.architecture],
         "vocab_size": len(tokenizer),
@@ -47,6 +53,7 @@ def hf_config(spec: ModelSpec, tokenizer) -> dict:
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
         "dtype": "float32",
+        **own,
     }
 
 

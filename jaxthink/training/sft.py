@@ -102,6 +102,7 @@ def train_sft(cfg: SFTConfig, log=print) -> runlib.TrainState:
         batch_size=cfg.batch_size,
         seed=cfg.data.seed,
         which=cfg.responses,
+        short_repeats=cfg.short_repeats,
         shard=distributed.data_shard(mesh, cfg.batch_size),
     )
     with closing(iter(batches)) as data_iter:

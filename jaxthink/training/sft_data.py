@@ -30,26 +30,30 @@ from jaxthink.tokenizer import (
 from jaxthink.training.records import record_stream
 
 
-def responses_of(record: dict, which: str = "both") -> list[str]:
-    """The response texts a record trains: its `response`, or its think and/or short pair."""
+def responses_of(record: dict, which: str = "both", short_repeats: int = 1) -> list[str]:
+    """The response texts a record trains: its `response`, or its think and/or short pair, the
+    short one `short_repeats` times (its few tokens would otherwise get little of the loss)."""
     if "response" in record:
         return [record["response"]]
     if "think" in record and "short" in record:
         pair = {"think": think_response(record), "short": short_response(record)}
-        return list(pair.values()) if which == "both" else [pair[which]]
+        shorts = [pair["short"]] * short_repeats
+        return {"both": [pair["think"], *shorts], "think": [pair["think"]], "short": shorts}[which]
     raise ValueError(
         f"SFT record with keys {sorted(record)}; expected 'prompt' plus 'think' and 'short' "
         "(paired) or 'response'"
     )
 
 
-def sample_pairs(records: list[dict], which: str = "both") -> list[tuple[str, str]]:
+def sample_pairs(
+    records: list[dict], which: str = "both", short_repeats: int = 1
+) -> list[tuple[str, str]]:
     """(question, response) for every sample of every record, records in order."""
     pairs = []
     for i, record in enumerate(records):
         if "prompt" not in record:
             raise ValueError(f"SFT record {i} has keys {sorted(record)}; 'prompt' is required")
-        pairs += [(record["prompt"], r) for r in responses_of(record, which)]
+        pairs += [(record["prompt"], r) for r in responses_of(record, which, short_repeats)]
     return pairs
 
 
@@ -89,6 +93,7 @@ def sft_batches(
     batch_size: int,
     seed: int,
     which: str = "both",
+    short_repeats: int = 1,
     prefetch: int = 2,
     shard: tuple[int, int] = (0, 1),
 ) -> grain.IterDataset:
@@ -99,7 +104,7 @@ def sft_batches(
     `jaxthink.distributed.data_shard`). `prefetch` batches are prepared ahead on a thread; the
     iterator's state still counts only consumed batches.
     """
-    pairs = sample_pairs(records, which)
+    pairs = sample_pairs(records, which, short_repeats)
     check_control_tokens(tokenizer, pairs)
     if batch_size % shard[1]:
         raise ValueError(f"batch_size={batch_size} does not split into {shard[1]} data shares")
