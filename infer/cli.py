@@ -149,6 +149,10 @@ def _main(args) -> None:
 
         return evaluate_cli(args, model, tokenizer, max_new)
     prompts = _prompts(args) or (demo_examples() if demo else [])
+    if demo:  # the demo model knows one format: "What is 4821 + 967?" -> "4821+967"
+        from jaxthink.data.arithmetic import question_from_text
+
+        prompts = [question_from_text(p) for p in prompts]
     if not prompts:
         sys.exit("no prompts: give --prompt TEXT (repeatable) or prompts on stdin, one per line")
     run(args, model, tokenizer, prompts, max_new)

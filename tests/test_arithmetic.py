@@ -207,3 +207,17 @@ def test_write_jsonl_round_trips(tmp_path):
     path = ar.write_jsonl(records, tmp_path / "sub" / "train.jsonl")
     lines = path.read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in lines] == records == ar.read_jsonl(path)
+
+
+@pytest.mark.parametrize(
+    "text, question",
+    [("What is 4821 + 967?", "4821+967"), ("347 x 26", "347*26"), ("12\u00d73=?", "12*3"),
+     ("1,000 - 999", "1000-999"), ("48213-9672", "48213-9672")],
+)  # fmt: skip
+def test_questions_are_read_from_free_text(text, question):
+    assert ar.question_from_text(text) == question
+
+
+def test_text_without_a_question_is_refused_with_an_example():
+    with pytest.raises(ValueError, match="'hello'.*e.g. 'What is 4821 \\+ 967\\?'"):
+        ar.question_from_text("hello")

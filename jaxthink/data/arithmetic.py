@@ -293,6 +293,22 @@ def short_response(record: dict) -> str:
 # --- split and generation ----------------------------------------------------------------------
 
 
+_LOOSE_QUESTION = re.compile(r"(\d+)\s*([+\-*x\u00d7])\s*(\d+)")
+
+
+def question_from_text(text: str) -> str:
+    """The task's question in free text: `"What is 4821 + 967?"` -> `"4821+967"` (x and the
+    multiplication sign read as `*`)."""
+    match = _LOOSE_QUESTION.search(text.replace(",", ""))
+    if not match:
+        raise ValueError(
+            f"prompt {text!r}: the demo model answers sums, differences and products of whole "
+            "numbers, e.g. 'What is 4821 + 967?' or '347*26'"
+        )
+    op = "*" if match[2] in "x\u00d7" else match[2]
+    return format_question(int(match[1]), op, int(match[3]))
+
+
 def canonical_question(question: str) -> str:
     """The question with the operands of `+` and `*` in increasing order (`967+48213`)."""
     a, op, b = parse_question(question)
