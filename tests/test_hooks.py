@@ -68,10 +68,10 @@ def test_capture_is_the_residual_stream_after_block_l(pair):
     hf, model, cfg = pair
     tokens, valid = left_padded(LENGTHS, cfg.vocab_size)
     _, hidden = hf_run(hf, tokens, valid)
-    for layer in range(cfg.num_layers - 1):  # transformers' last entry is after the final norm
-        logits, captured = forward_j(model, tokens, valid, capture_layer=layer)
-        np.testing.assert_allclose(np.asarray(captured)[valid], hidden[layer + 1][valid], atol=1e-4)
-    stream = np.asarray(residual_stream(model, tokens, valid, [1, 0]))
+    _, captured = forward_j(model, tokens, valid, capture_layer=1)
+    np.testing.assert_allclose(np.asarray(captured)[valid], hidden[2][valid], atol=1e-4)
+    streams = jax.jit(residual_stream, static_argnums=3)
+    stream = np.asarray(streams(model, tokens, valid, (1, 0)))  # [L] stacked in the order asked
     assert stream.shape == (2, len(LENGTHS), tokens.shape[1], cfg.hidden_size)
     np.testing.assert_allclose(stream[0][valid], hidden[2][valid], atol=1e-4)
     np.testing.assert_allclose(stream[1][valid], hidden[1][valid], atol=1e-4)
