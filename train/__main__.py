@@ -1,4 +1,5 @@
-"""`python -m train sft|rl|sae|steer --config FILE.yaml [key=value ...]`, `python -m train bench`.
+"""`python -m train sft|rl|sae|steer --config FILE.yaml [key=value ...]`, `python -m train bench`,
+`python -m train plot RUN_DIR... --out FILE.png [--key think_ratio]` (runs side by side).
 
 A config is a YAML file of a typed dataclass (`jaxthink.training.config.SFTConfig` /
 `RLConfig`, `jaxthink.training.sae_run.SAERunConfig`,
@@ -19,6 +20,7 @@ COMMANDS = {
     "sae": "reasoning taxonomy: thinking traces, sentence vectors, top-k SAE grid, reports",
     "steer": "steering vectors on the base model for the clusters of one SAE run",
     "bench": "seconds per RL step (rollout, log-probs, update) and tokens/s",
+    "plot": "one metric of several runs over steps (e.g. DeGRPO against GRPO)",
 }
 
 
@@ -27,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m train",
         description="; ".join(f"{name}: {text}" for name, text in COMMANDS.items()),
     )
-    p.add_argument("command", choices=[c for c in COMMANDS if c != "bench"])
+    p.add_argument("command", choices=[c for c in COMMANDS if c not in ("bench", "plot")])
     p.add_argument("--config", help="a YAML run config (default: the dataclass defaults)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         from train.bench import main as bench
 
         return bench(argv[1:])
+    if argv[:1] == ["plot"]:
+        return plot(argv[1:])
     args = build_parser().parse_intermixed_args(argv)
     from jaxthink.training.run import TrainingStopped
 
@@ -86,6 +90,32 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"python -m train {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def plot(argv: list[str]) -> None:
+    """`python -m train plot RUN_DIR... --out FILE.png`: one line per run (its metrics.jsonl)."""
+    from pathlib import Path
+
+    from jaxthink.training.metrics import plot_metric
+
+    p = argparse.ArgumentParser(prog="python -m train plot", description=COMMANDS["plot"])
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="run directories (label=DIR names a line)"
+    )
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--key", default="think_ratio", help="the metric (default think_ratio)")
+    p.add_argument("--title")
+    args = p.parse_args(argv)
+    runs = {}
+    for item in args.runs:
+        label, _, path = item.rpartition("=")
+        metrics = Path(path) / "metrics.jsonl"
+        if not metrics.is_file():
+            p.error(f"{path}: no metrics.jsonl (expected a training run directory)")
+        runs[label or Path(path).name] = metrics
+    if plot_metric(runs, args.out, args.key, args.title) is None:
+        p.error(f"no run logged {args.key!r}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -71,10 +71,15 @@ def console_line(record: dict, keys: tuple[str, ...]) -> str:
     return " | ".join(parts)
 
 
-def plot_metric(path, out, key: str = "think_ratio", title: str | None = None) -> epath.Path | None:
-    """A line plot of `key` over steps from a metrics file (None if no record has it)."""
-    records = [r for r in read_metrics(path) if isinstance(r.get(key), (int, float))]
-    if not records:
+def plot_metric(runs, out, key: str = "think_ratio", title: str | None = None) -> epath.Path | None:
+    """A line plot of `key` over steps from a metrics file, or from several runs given as
+    {label: metrics file} (one line each, labelled). None if no record has `key`."""
+    named = runs if isinstance(runs, dict) else {None: runs}
+    curves = {
+        label: [r for r in read_metrics(path) if isinstance(r.get(key), (int, float))]
+        for label, path in named.items()
+    }
+    if not any(curves.values()):
         return None
     import matplotlib
 
@@ -82,7 +87,10 @@ def plot_metric(path, out, key: str = "think_ratio", title: str | None = None) -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in records], [r[key] for r in records], marker=".")
+    for label, records in curves.items():
+        ax.plot([r["step"] for r in records], [r[key] for r in records], marker=".", label=label)
+    if len(curves) > 1:
+        ax.legend()
     ax.set_xlabel("step")
     ax.set_ylabel(key.replace("_", " "))
     ax.set_title(title or f"{key.replace('_', ' ')} over training")
