@@ -37,15 +37,23 @@ def test_wrong_reward_is_configurable():
     assert thinkless_reward("short", False, True, False, RewardConfig(wrong=-0.5)) == -0.5
 
 
-def test_vectorised_rewards_match_the_scalar_table():
+def test_vectorised_rewards_follow_the_table():
     cases = np.array([c for c, _ in TABLE], dtype=object)
-    cfg = RewardConfig(think_penalty=0.3)
     got = thinkless_rewards(
-        cases[:, 0].astype(str), cases[:, 1], cases[:, 2], cases[:, 3].astype(bool), cfg
+        cases[:, 0].astype(str), cases[:, 1], cases[:, 2], cases[:, 3].astype(bool)
     )
-    expected = [thinkless_reward(*c, cfg) for c, _ in TABLE]
     assert got.dtype == np.float32
-    np.testing.assert_allclose(got, expected, rtol=1e-7)
+    np.testing.assert_array_equal(got, [r for _, r in TABLE])
+
+
+def test_a_short_response_over_max_short_tokens_is_wrong():
+    cfg = RewardConfig(max_short_tokens=32)
+    assert thinkless_reward("short", True, True, False, cfg, length=32) == 1.0
+    assert thinkless_reward("short", True, True, False, cfg, length=33) == -1.0
+    assert thinkless_reward("think", True, True, False, cfg, length=200) == 0.5
+    assert thinkless_reward("short", True, True, False, RewardConfig(), length=900) == 1.0
+    with pytest.raises(ValueError, match="lengths"):
+        thinkless_rewards(np.array(["short"]), [True], [True], [False], cfg)
 
 
 def test_unknown_mode_is_rejected():

@@ -13,6 +13,11 @@ A think response that runs out of budget before `</think>` gets `wrong` even whe
 produced happens to contain the right answer: the answer must come after `</think>`. A short
 response has no `</think>`, so `truncated_think` is ignored for it.
 
+`max_short_tokens` (0: off, the paper's setting) makes a `<short>` response longer than that many
+tokens `wrong`. Without it a policy can learn to reason after `<short>` and collect the short
+reward: the demo model did within 100 DeGRPO steps (its "short" answers grew to the length of its
+traces).
+
 Grading (answer extraction, equivalence) lives elsewhere; these functions only take its verdicts.
 """
 
@@ -36,6 +41,7 @@ class RewardConfig:
     correct_short: float = 1.0
     think_penalty: float = 0.5  # gamma
     wrong: float = -1.0
+    max_short_tokens: int = 0  # a longer <short> response is wrong (0: no limit)
 
     @property
     def correct_think(self) -> float:
@@ -53,13 +59,13 @@ def thinkless_reward(
     parsed: bool,
     truncated_think: bool,
     cfg: RewardConfig = RewardConfig(),
+    length: int = 0,
 ) -> float:
-    """The reward of one response of `mode` ("short" or "think"), given the grader's verdicts."""
+    """The reward of one response of `mode` ("short" or "think") and `length` tokens, given the
+    grader's verdicts."""
     _check_mode(mode)
-    failed = not parsed or not correct or (mode == "think" and truncated_think)
-    if failed:
-        return float(cfg.wrong)
-    return float(cfg.correct_short if mode == "short" else cfg.correct_think)
+    args = (np.array([mode]), [correct], [parsed], [truncated_think], cfg, [length])
+    return float(thinkless_rewards(*args)[0])
 
 
 def thinkless_rewards(
@@ -68,8 +74,10 @@ def thinkless_rewards(
     parsed: np.ndarray,
     truncated_think: np.ndarray,
     cfg: RewardConfig = RewardConfig(),
+    lengths: np.ndarray | None = None,
 ) -> np.ndarray:
-    """`thinkless_reward` over arrays of equal shape; `modes` holds "short"/"think" strings.
+    """`thinkless_reward` over arrays of equal shape; `modes` holds "short"/"think" strings,
+    `lengths` the responses' token counts (needed only with `cfg.max_short_tokens`).
 
     Returns float32 rewards of the same shape.
     """
@@ -80,5 +88,9 @@ def thinkless_rewards(
     think = modes == "think"
     correct, parsed, truncated = (np.asarray(x, bool) for x in (correct, parsed, truncated_think))
     failed = ~parsed | ~correct | (think & truncated)
+    if cfg.max_short_tokens:
+        if lengths is None:
+            raise ValueError("max_short_tokens is set: give the responses' lengths")
+        failed |= ~think & (np.asarray(lengths) > cfg.max_short_tokens)
     ok_reward = np.where(think, cfg.correct_think, cfg.correct_short)
     return np.where(failed, cfg.wrong, ok_reward).astype(np.float32)

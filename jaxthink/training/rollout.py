@@ -79,7 +79,9 @@ def score(generations: list[Generation], golds: list[str], end_think: int, cfg: 
     correct = np.array([v.correct for v in verdicts])
     parsed = np.array([v.parsed for v in verdicts])
     modes = np.where(think, "think", "short")
-    return thinkless_rewards(modes, correct, parsed, truncated, cfg), think, correct, truncated
+    lengths = np.array([g.num_tokens for g in generations])
+    rewards = thinkless_rewards(modes, correct, parsed, truncated, cfg, lengths)
+    return rewards, think, correct, truncated
 
 
 def response_width(longest: int, max_new_tokens: int) -> int:
