@@ -1,0 +1,92 @@
+"""The shipped demo model (jaxthink/demo_model): it loads without a path, answers the main
+command's examples, and keeps its measured behaviour on fresh held-out problems: greedy
+Thinkless decoding thinks on most of the hardest problems and few of the easiest, and
+always-think stays accurate where direct answers fail. The floors sit a margin below the
+README's numbers, so they catch a broken or replaced checkpoint, not noise.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+import jaxthink
+from jaxthink.data import generate_problems
+from jaxthink.eval import extract_answer
+from jaxthink.loading import demo_model_dir
+
+PER_LEVEL = 40  # problems per level: 240 held-out problems in all
+
+
+@pytest.fixture(scope="module")
+def demo():
+    model, tokenizer, cfg = jaxthink.load(demo_model_dir())
+    return model, tokenizer, cfg
+
+
+@pytest.fixture(scope="module")
+def problems():
+    # seed 11: not the README's evaluation set (seed 0), and test split only
+    return generate_problems(6 * PER_LEVEL, seed=11, split="test")
+
+
+def _per_level(demo, problems, mode):
+    model, tokenizer, _ = demo
+    out = jaxthink.generate(
+        model, tokenizer, [p["prompt"] for p in problems], mode, max_new_tokens=256
+    )
+    stats: dict[int, dict[str, float]] = {}
+    for p, g in zip(problems, out, strict=True):
+        s = stats.setdefault(p["level"], {"n": 0, "correct": 0, "think": 0})
+        s["n"] += 1
+        s["correct"] += extract_answer(g.text) == p["answer"]
+        s["think"] += g.chosen_mode == "think"
+    return {
+        level: {"accuracy": s["correct"] / s["n"], "think": s["think"] / s["n"]}
+        for level, s in stats.items()
+    }
+
+
+def test_the_demo_model_ships_inside_the_package(demo):
+    _, tokenizer, cfg = demo
+    assert cfg.num_params < 5_000_000
+    size = sum(f.stat().st_size for f in demo_model_dir().iterdir())
+    assert size < 20 * 2**20
+    assert cfg.hf_config["mode_options"]["answer_prefix"] == "\\boxed{"
+    assert tokenizer.convert_tokens_to_ids(["<think>", "</think>", "<short>"]) == [3, 4, 5]
+
+
+def test_thinkless_thinks_on_hard_problems_and_not_on_easy_ones(demo, problems):
+    levels = _per_level(demo, problems, "thinkless")
+    assert levels[1]["think"] <= 0.35 < 0.5 <= levels[6]["think"]
+    overall = sum(s["accuracy"] for s in levels.values()) / len(levels)
+    assert overall >= 0.4
+
+
+def test_always_think_is_accurate_and_direct_answers_fail_on_hard_levels(demo, problems):
+    think = _per_level(demo, problems, "think")
+    short = _per_level(demo, problems, "short")
+    assert sum(s["accuracy"] for s in think.values()) / 6 >= 0.8
+    assert short[6]["accuracy"] <= 0.1 < 0.6 <= think[6]["accuracy"]
+
+
+def test_main_command_answers_the_built_in_examples(capsys, monkeypatch):
+    from infer.cli import demo_examples, main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # no prompts given
+    main(["--mode", "think_budget=512", "--json"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["prompt"] for r in rows] == demo_examples()
+    assert all(r["finish_reason"] == "eos" and r["num_thinking_tokens"] > 0 for r in rows)
+    assert [r["answer"] for r in rows] == ["\\boxed{12}", "\\boxed{841}", "\\boxed{38541}",
+                                           "\\boxed{9022}", "\\boxed{273587}"]  # fmt: skip
+
+
+def test_a_free_text_prompt_is_read_as_the_task_question(capsys):
+    from infer.cli import main
+
+    main(["--prompt", "What is 4821 + 967?", "--json", "--mode", "think"])
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert (row["prompt"], row["answer"]) == ("4821+967", "\\boxed{5788}")
