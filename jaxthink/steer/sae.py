@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxthink.steer.early_stopping import EarlyStopping
+
 DEFAULT_LATENTS = tuple(range(5, 55, 5))  # the paper's grid n in {5, 10, ..., 50}
 B_DEC_INITS = ("zeros", "mean")
 
@@ -199,7 +201,7 @@ def train_sae(x, n_latents: int, k: int = 3, *, seed: int = 0, **options) -> tup
     x_val = None if x_val is None else jnp.asarray(x_val)
 
     history: dict[str, Any] = {"train_loss": [], "val_loss": []}
-    best_params, best_loss, best_epoch, waited = params, math.inf, -1, 0
+    stopping = EarlyStopping(config.patience, config.min_delta, best=params)
     for epoch in range(config.max_epochs):
         order = rng.permutation(len(x_train))
         params, opt_state, train_loss = run_epoch(params, opt_state, x_train, order)
@@ -209,15 +211,11 @@ def train_sae(x, n_latents: int, k: int = 3, *, seed: int = 0, **options) -> tup
         else:
             monitored = float(_evaluate(params, x_val, k))
             history["val_loss"].append(monitored)
-        if monitored < best_loss - config.min_delta:
-            best_params, best_loss, best_epoch, waited = params, monitored, epoch, 0
-        else:
-            waited += 1
-            if waited >= config.patience:
-                break
+        if stopping.update(epoch, monitored, params):
+            break
     history.update(
-        best_epoch=best_epoch,
-        best_loss=best_loss,
+        best_epoch=stopping.best_epoch,
+        best_loss=stopping.best_loss,
         epochs=len(history["train_loss"]),
         stopped_early=len(history["train_loss"]) < config.max_epochs,
         lr=config.learning_rate,
@@ -225,7 +223,7 @@ def train_sae(x, n_latents: int, k: int = 3, *, seed: int = 0, **options) -> tup
         n_val=0 if x_val is None else int(x_val.shape[0]),
         config=dataclasses.asdict(config),
     )
-    return best_params, history
+    return stopping.best, history
 
 
 def train_grid(

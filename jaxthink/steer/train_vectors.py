@@ -30,6 +30,7 @@ import optax
 from flax import nnx
 
 from jaxthink.models.qwen import Steering, forward
+from jaxthink.steer.early_stopping import EarlyStopping
 
 _BUCKET = 64
 
@@ -188,7 +189,7 @@ def train_vector(
     opt_state = _ADAM.init(vector)
     evaluate = lambda v, rows: _mean_loss(graphdef, params, v + fixed, rows, layer, config)
     history = {"train_loss": [], "val_loss": []}
-    best, best_loss, best_epoch, waited = vector, math.inf, -1, 0
+    stopping = EarlyStopping(config.patience, best=vector)
     for epoch in range(config.max_epochs):
         shuffled = rng.permutation(len(train))
         losses = []
@@ -202,15 +203,12 @@ def train_vector(
         monitored = evaluate(vector, val) if val else history["train_loss"][-1]
         if val:
             history["val_loss"].append(monitored)
-        if monitored < best_loss:
-            best, best_loss, best_epoch, waited = vector, monitored, epoch, 0
-        else:
-            waited += 1
-            if waited >= config.patience:
-                break
+        if stopping.update(epoch, monitored, vector):
+            break
+    best = stopping.best
     history.update(
-        best_epoch=best_epoch,
-        best_loss=best_loss,
+        best_epoch=stopping.best_epoch,
+        best_loss=stopping.best_loss,
         epochs=len(history["train_loss"]),
         n_train=len(train),
         n_val=len(val),
