@@ -157,7 +157,8 @@ def test_truncated_thinking_is_wrong_even_with_the_right_answer():
         gen("<short>\\boxed{2}", [5, 9], "short"),
         gen("<short>\\boxed{3}", [5, 9], "short"),
     ]
-    rewards, think, correct, truncated = score(gens, ["2"] * 4, end_think, RewardConfig())
+    lengths = np.array([g.num_tokens for g in gens])
+    rewards, think, correct, truncated = score(gens, ["2"] * 4, lengths, end_think, RewardConfig())
     np.testing.assert_array_equal(rewards, [-1.0, 0.5, 1.0, -1.0])
     np.testing.assert_array_equal(truncated, [True, False, False, False])
     assert jnp.asarray(think).tolist() == [True, True, False, False]

@@ -48,7 +48,9 @@ class Rollout:
         return len(self.rewards)
 
 
-def sample(model, tokenizer, questions: list[str], cfg: RolloutConfig, seed: int):
+def sample(
+    model, tokenizer, questions: list[str], cfg: RolloutConfig, seed: int, options: ModeOptions
+):
     """`cfg.group_size` Generations per question, a question's samples next to each other."""
     return generate(
         model,
@@ -61,25 +63,33 @@ def sample(model, tokenizer, questions: list[str], cfg: RolloutConfig, seed: int
         top_p=cfg.top_p,
         top_k=cfg.top_k,
         seed=seed,
+        options=options,
         batch_size=cfg.batch_size or None,
     )
 
 
-def prompt_ids(tokenizer, questions: list[str], cfg: RolloutConfig) -> list[list[int]]:
+def prompt_ids(
+    tokenizer, questions: list[str], cfg: RolloutConfig, options: ModeOptions
+) -> list[list[int]]:
     """The token ids of every row's prompt, exactly as `generate` fed them to the sampler."""
-    request = prepare(tokenizer, questions, cfg.mode, cfg.group_size, ModeOptions(), True)
+    request = prepare(tokenizer, questions, cfg.mode, cfg.group_size, options, True)
     return [tokenizer.encode(p, add_special_tokens=False) for p in request.prompts]
 
 
-def score(generations: list[Generation], golds: list[str], end_think: int, cfg: RewardConfig):
-    """(rewards, think, correct, truncated) arrays [B] of graded generations."""
+def score(
+    generations: list[Generation],
+    golds: list[str],
+    lengths: np.ndarray,
+    end_think: int,
+    cfg: RewardConfig,
+):
+    """(rewards, think, correct, truncated) arrays [B] of graded generations of `lengths` tokens."""
     verdicts = grade_many([g.text for g in generations], golds)
     think = np.array([g.chosen_mode == "think" for g in generations])
     truncated = np.array([t and end_think not in g.token_ids for g, t in zip(generations, think)])
     correct = np.array([v.correct for v in verdicts])
     parsed = np.array([v.parsed for v in verdicts])
     modes = np.where(think, "think", "short")
-    lengths = np.array([g.num_tokens for g in generations])
     rewards = thinkless_rewards(modes, correct, parsed, truncated, cfg, lengths)
     return rewards, think, correct, truncated
 
@@ -107,13 +117,16 @@ def collect(
     """Samples, grades and rewards one step's prompts (records with a question and an answer)."""
     questions = [question_of(r) for r in records]
     golds = [str(r["answer"]) for r in records for _ in range(cfg.group_size)]
-    generations = sample(model, tokenizer, questions, cfg, seed)
+    options = ModeOptions.for_model(model.cfg)  # the sampler and the prompt ids share them
+    generations = sample(model, tokenizer, questions, cfg, seed, options)
     control = control_tokens(tokenizer)
-    rewards, think, correct, truncated = score(generations, golds, control.end_think, reward)
-    prompts, valid = left_pad(prompt_ids(tokenizer, questions, cfg), control.pad)
-    width = response_width(max(g.num_tokens for g in generations), cfg.max_new_tokens)
-    responses, mask = right_pad([g.token_ids for g in generations], control.pad, width)
     lengths = np.array([g.num_tokens for g in generations], np.int32)
+    rewards, think, correct, truncated = score(
+        generations, golds, lengths, control.end_think, reward
+    )
+    prompts, valid = left_pad(prompt_ids(tokenizer, questions, cfg, options), control.pad)
+    width = response_width(int(lengths.max()), cfg.max_new_tokens)
+    responses, mask = right_pad([g.token_ids for g in generations], control.pad, width)
     return Rollout(
         prompts, valid, responses, mask, rewards, think, correct, truncated, lengths, generations
     )
