@@ -159,8 +159,8 @@ def _main(args) -> None:
 
 
 def demo_examples() -> list[str]:
-    """A few built-in problems of rising difficulty, for the demo model with no prompt."""
-    return ["7+5", "482+359", "48213-9672", "347*26", "5821*47"]
+    """A few built-in problems, one per level of the demo task, for the demo model with no prompt."""
+    return ["4821*10", "739215+8", "5821364+47", "4821+967", "23*47", "4821*36"]
 
 
 def run(args, model, tokenizer, prompts: list[str], max_new: int) -> None:

@@ -149,11 +149,24 @@ def test_level_operands_have_the_digit_counts_of_one_of_its_kinds(level):
         assert any(_fits(k, a, b) for k in kinds), record["question"]
 
 
-def test_level_table_grows_from_direct_sums_to_multi_digit_multiplication():
+def test_level_table_grows_from_near_copy_answers_to_multi_digit_multiplication():
     assert sorted(ar.LEVELS) == [1, 2, 3, 4, 5, 6]
-    assert {k.op for k in ar.LEVELS[1].kinds} == {"+", "-"}
-    assert max(k.digits_a[1] for k in ar.LEVELS[5].kinds) >= 8
+    assert {r["question"][-3:] for r in ar.generate_problems(50, [1])} == {"*10"}
+    for level, small in [(2, 1), (3, 2)]:  # a short number added to a long one
+        (kind,) = ar.LEVELS[level].kinds
+        assert (kind.op, kind.digits_a, kind.digits_b) == ("+", (5, 7), (small, small))
+    assert {k.op for k in ar.LEVELS[4].kinds} == {"+", "-"}
     assert all(k.op == "*" and k.digits_b[0] >= 2 for k in ar.LEVELS[6].kinds)
+
+
+def test_easy_levels_think_longer_than_the_multiplications_of_level_5():
+    stats = ar.level_stats(n=500)
+    assert min(stats[level]["mean_trace"] for level in (1, 2, 3)) > stats[5]["mean_trace"] + 30
+
+
+def test_fixed_second_operands_must_have_the_kinds_digit_count():
+    with pytest.raises(ValueError, match=r"b_values \(100,\) outside digits_b 2-2"):
+        ar.ProblemKind("*", (3, 4), (2, 2), b_values=(100,))
 
 
 def test_hardest_traces_stay_short_enough_for_a_tiny_model():

@@ -14,6 +14,7 @@ import pytest
 
 import jaxthink
 from jaxthink.data import generate_problems
+from jaxthink.data.arithmetic import boxed, true_answer
 from jaxthink.eval import extract_answer
 from jaxthink.loading import demo_model_dir
 
@@ -39,14 +40,24 @@ def _per_level(demo, problems, mode):
     )
     stats: dict[int, dict[str, float]] = {}
     for p, g in zip(problems, out, strict=True):
-        s = stats.setdefault(p["level"], {"n": 0, "correct": 0, "think": 0})
+        s = stats.setdefault(p["level"], {"n": 0, "correct": 0, "think": 0, "tokens": 0})
         s["n"] += 1
         s["correct"] += extract_answer(g.text) == p["answer"]
         s["think"] += g.chosen_mode == "think"
+        s["tokens"] += g.num_tokens
     return {
-        level: {"accuracy": s["correct"] / s["n"], "think": s["think"] / s["n"]}
+        level: {k: s[k] / s["n"] for k in ("correct", "think", "tokens")}
         for level, s in stats.items()
     }
+
+
+def _overall(levels, key):
+    return sum(s[key] for s in levels.values()) / len(levels)
+
+
+@pytest.fixture(scope="module")
+def think(demo, problems):
+    return _per_level(demo, problems, "think")
 
 
 def test_the_demo_model_ships_inside_the_package(demo):
@@ -58,18 +69,18 @@ def test_the_demo_model_ships_inside_the_package(demo):
     assert tokenizer.convert_tokens_to_ids(["<think>", "</think>", "<short>"]) == [3, 4, 5]
 
 
-def test_thinkless_thinks_on_hard_problems_and_not_on_easy_ones(demo, problems):
+def test_thinkless_answers_easy_problems_directly_and_thinks_on_hard_ones(demo, problems, think):
     levels = _per_level(demo, problems, "thinkless")
-    assert levels[1]["think"] <= 0.35 < 0.5 <= levels[6]["think"]
-    overall = sum(s["accuracy"] for s in levels.values()) / len(levels)
-    assert overall >= 0.4
+    assert levels[1]["think"] <= 0.2 and levels[6]["think"] >= 0.75
+    assert _overall(levels, "correct") >= _overall(think, "correct") - 0.05
+    assert _overall(levels, "tokens") <= 0.85 * _overall(think, "tokens")
 
 
-def test_always_think_is_accurate_and_direct_answers_fail_on_hard_levels(demo, problems):
-    think = _per_level(demo, problems, "think")
+def test_direct_answers_hold_on_the_easiest_level_and_fail_on_the_hardest(demo, problems, think):
     short = _per_level(demo, problems, "short")
-    assert sum(s["accuracy"] for s in think.values()) / 6 >= 0.8
-    assert short[6]["accuracy"] <= 0.1 < 0.6 <= think[6]["accuracy"]
+    assert _overall(think, "correct") >= 0.7
+    assert short[1]["correct"] >= 0.9
+    assert short[6]["correct"] <= 0.1 < 0.35 <= think[6]["correct"]
 
 
 def test_main_command_answers_the_built_in_examples(capsys, monkeypatch):
@@ -80,8 +91,7 @@ def test_main_command_answers_the_built_in_examples(capsys, monkeypatch):
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["prompt"] for r in rows] == demo_examples()
     assert all(r["finish_reason"] == "eos" and r["num_thinking_tokens"] > 0 for r in rows)
-    assert [r["answer"] for r in rows] == ["\\boxed{12}", "\\boxed{841}", "\\boxed{38541}",
-                                           "\\boxed{9022}", "\\boxed{273587}"]  # fmt: skip
+    assert [r["answer"] for r in rows] == [boxed(true_answer(q)) for q in demo_examples()]
 
 
 def test_a_free_text_prompt_is_read_as_the_task_question(capsys):

@@ -12,7 +12,7 @@ from jaxthink.models import forward
 from jaxthink.training.config import DataSource, ModelSpec
 from jaxthink.training.model_setup import build_model
 from jaxthink.training.records import prompt_batches, read_records
-from jaxthink.training.sft_data import responses_of, sft_batches, tokenize
+from jaxthink.training.sft_data import responses_of, sample_pairs, sft_batches, tokenize
 
 RECORD = make_record("12+9", 1)
 
@@ -39,6 +39,22 @@ def test_short_repeats_trains_the_short_response_that_many_times():
     assert responses_of(RECORD, "both", short_repeats=3) == [think, short, short, short]
     assert responses_of(RECORD, "short", short_repeats=2) == [short, short]
     assert responses_of(RECORD, "think", short_repeats=2) == [think]
+
+
+def test_short_repeats_do_not_train_the_control_token_again():
+    think, short = responses_of(RECORD)
+    assert sample_pairs([RECORD], "both", short_repeats=3) == [
+        (RECORD["prompt"], think, True),
+        (RECORD["prompt"], short, True),
+        (RECORD["prompt"], short, False),
+        (RECORD["prompt"], short, False),
+    ]
+
+
+def test_a_sample_without_control_loss_trains_the_rest_of_its_response(tiny):
+    _, tok = tiny
+    sample = tokenize(tok, "12+9", "<short>\\boxed{21}", 64, tok.eos_token_id, False)
+    assert tok.decode(sample["tokens"][sample["loss"] == 1]) == "\\boxed{21}<eos>"
 
 
 def test_loss_covers_the_response_from_its_control_token_to_eos(tiny):
@@ -153,10 +169,10 @@ def test_paired_data_needs_the_control_token_first_in_the_response(tiny):
     from jaxthink.training.sft_data import check_control_tokens
 
     _, tok = tiny
-    pairs = [("1+2", "<short>\\boxed{3}")]
-    check_control_tokens(tok, pairs)  # the demo template ends at "A:"
+    responses = ["<short>\\boxed{3}"]
+    check_control_tokens(tok, responses)  # the demo template ends at "A:"
     opens_thinking = copy.deepcopy(tok)
     opens_thinking.chat_template = tok.chat_template.replace("A:{%- endif", "A:<think>{%- endif")
     with pytest.raises(ValueError, match="generation prompt already opens <think>"):
-        check_control_tokens(opens_thinking, pairs)
-    check_control_tokens(opens_thinking, [("1+2", "3")])  # plain responses are fine
+        check_control_tokens(opens_thinking, responses)
+    check_control_tokens(opens_thinking, ["3"])  # plain responses are fine

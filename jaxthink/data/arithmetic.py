@@ -54,13 +54,17 @@ characters (= tokens of the character tokenizer; newlines included), measured ov
 problems per level, seed 0 (`level_stats()`). A thinking response is trace + 10 + answer tokens,
 a short response 9 + answer tokens (`<think>`, `</think>`, `<short>` are one token each).
 
-    level  name                kinds (digits)            trace mean (per kind)   max  answer
-    1      add/sub 1-2 digits  + 1-2,1-2 | - 1-2,1-2     30.1  (24.6 | 35.6)      42   2.1
-    2      add/sub 3 digits    + 3,1-3   | - 3,1-3       53.6  (46.6 | 60.8)      64   3.3
-    3      add/sub 4-5 digits  + 4-5,3-5 | - 4-5,3-5     93.2  (83.1 | 103.2)    117   5.0
-    4      mul by 1 digit      * 2-3,1                   41.3                     50   3.3
-    5      long sums, 3x2 mul  + 6-8,6-8 | * 3,2        146.5  (163.5 | 129.5)   189   6.2
-    6      4x2 and 3x3 mul     * 4,2     | * 3,3        195.8  (178.2 | 214.5)   217   5.8
+    level  name                          kinds (digits)          trace mean (per kind)  max  answer
+    1      times 10                      * 3-4,10                150.0                   174  4.5
+    2      1 digit added to 5-7 digits   + 5-7,1                 109.0                   133  6.0
+    3      2 digits added to 5-7 digits  + 5-7,2                 109.6                   134  6.0
+    4      add/sub 3-5 digits            + 3-5,3-5 | - 3-5,1-5    84.6  (78.5 | 90.9)    117  4.7
+    5      mul by 1 digit, 2x2 mul       * 2-3,1   | * 2,2        63.7  (41.1 | 85.9)     87  3.5
+    6      3x2 and 4x2 mul               * 3,2     | * 4,2       153.9                   180  5.3
+
+The easy levels take a long walk (every column of the long operand, or two blocks of partial
+products for a multiplier of 10) to an answer that mostly copies the question: the easy problems
+a reasoning model overthinks. Levels 5-6 are where a direct answer has no chance at this size.
 
 The split is a function of the problem alone (a hash of its canonical question), so train and
 test never share a problem, whatever the seed.
@@ -95,6 +99,7 @@ class ProblemKind:
     digits_a: tuple[int, int]
     digits_b: tuple[int, int]
     either_order: bool = False
+    b_values: tuple[int, ...] = ()  # the second operand is one of these (e.g. 10) if given
 
     def __post_init__(self):
         if self.op not in OPS:
@@ -102,6 +107,9 @@ class ProblemKind:
         for lo, hi in (self.digits_a, self.digits_b):
             if not 1 <= lo <= hi:
                 raise ValueError(f"problem kind: digit range ({lo}, {hi}) needs 1 <= lo <= hi")
+        lo, hi = self.digits_b
+        if any(not lo <= len(str(b)) <= hi for b in self.b_values):
+            raise ValueError(f"problem kind: b_values {self.b_values} outside digits_b {lo}-{hi}")
 
 
 @dataclass(frozen=True)
@@ -116,18 +124,19 @@ def _either(op, digits_a, digits_b):
     return ProblemKind(op, digits_a, digits_b, either_order=True)
 
 
-# Easy levels are answerable directly; hard levels (long sums, multi-digit multipliers) need the
-# trace. Calibrate by measuring short vs think accuracy per level on the trained demo model.
+# Easy levels have long traces and near-copy direct answers (see the module doc); hard levels
+# (multi-digit multipliers) need the trace.
 LEVELS: dict[int, Level] = {
-    1: Level("add/sub 1-2 digits", (_either("+", (1, 2), (1, 2)), _either("-", (1, 2), (1, 2)))),
-    2: Level("add/sub 3 digits", (_either("+", (3, 3), (1, 3)), _either("-", (3, 3), (1, 3)))),
-    3: Level("add/sub 4-5 digits", (_either("+", (4, 5), (3, 5)), _either("-", (4, 5), (3, 5)))),
-    4: Level("mul by 1 digit", (ProblemKind("*", (2, 3), (1, 1)),)),
+    1: Level("times 10", (ProblemKind("*", (3, 4), (2, 2), b_values=(10,)),)),
+    2: Level("1 digit added to 5-7 digits", (_either("+", (5, 7), (1, 1)),)),
+    3: Level("2 digits added to 5-7 digits", (_either("+", (5, 7), (2, 2)),)),
+    4: Level("add/sub 3-5 digits", (_either("+", (3, 5), (3, 5)), _either("-", (3, 5), (1, 5)))),
     5: Level(
-        "long sums, 3x2 mul", (_either("+", (6, 8), (6, 8)), ProblemKind("*", (3, 3), (2, 2)))
+        "mul by 1 digit, 2x2 mul",
+        (ProblemKind("*", (2, 3), (1, 1)), ProblemKind("*", (2, 2), (2, 2))),
     ),
     6: Level(
-        "4x2 and 3x3 mul", (ProblemKind("*", (4, 4), (2, 2)), ProblemKind("*", (3, 3), (3, 3)))
+        "3x2 and 4x2 mul", (ProblemKind("*", (3, 3), (2, 2)), ProblemKind("*", (4, 4), (2, 2)))
     ),
 }
 
@@ -331,7 +340,8 @@ def _sample_operand(rng: random.Random, digits: tuple[int, int]) -> int:
 def sample_question(rng: random.Random, level: int) -> str:
     """One question of `level` (either split)."""
     kind = rng.choice(_level(level).kinds)
-    a, b = _sample_operand(rng, kind.digits_a), _sample_operand(rng, kind.digits_b)
+    a = _sample_operand(rng, kind.digits_a)
+    b = rng.choice(kind.b_values) if kind.b_values else _sample_operand(rng, kind.digits_b)
     if kind.either_order and rng.random() < 0.5:
         a, b = b, a
     return format_question(a, kind.op, b)

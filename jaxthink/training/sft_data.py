@@ -32,7 +32,8 @@ from jaxthink.training.records import record_stream
 
 def responses_of(record: dict, which: str = "both", short_repeats: int = 1) -> list[str]:
     """The response texts a record trains: its `response`, or its think and/or short pair, the
-    short one `short_repeats` times (its few tokens would otherwise get little of the loss)."""
+    short one `short_repeats` times (its few tokens would otherwise get little of the loss; the
+    repeats train the answer but not the control token, see `sample_pairs`)."""
     if "response" in record:
         return [record["response"]]
     if "think" in record and "short" in record:
@@ -47,20 +48,27 @@ def responses_of(record: dict, which: str = "both", short_repeats: int = 1) -> l
 
 def sample_pairs(
     records: list[dict], which: str = "both", short_repeats: int = 1
-) -> list[tuple[str, str]]:
-    """(question, response) for every sample of every record, records in order."""
+) -> list[tuple[str, str, bool]]:
+    """(question, response, trains_control) for every sample of every record, records in order.
+
+    A repeated response (`short_repeats`) does not train its control token, so the SFT policy's
+    choice between `<think>` and `<short>` stays at the records' own mix.
+    """
     pairs = []
     for i, record in enumerate(records):
         if "prompt" not in record:
             raise ValueError(f"SFT record {i} has keys {sorted(record)}; 'prompt' is required")
-        pairs += [(record["prompt"], r) for r in responses_of(record, which, short_repeats)]
+        responses = responses_of(record, which, short_repeats)
+        pairs += [
+            (record["prompt"], r, r not in responses[:j]) for j, r in enumerate(responses)
+        ]
     return pairs
 
 
-def check_control_tokens(tokenizer, pairs: list[tuple[str, str]]) -> None:
+def check_control_tokens(tokenizer, responses: list[str]) -> None:
     """Responses that open with `<think>`/`<short>` need them as single tokens, and a chat
     template that leaves the first response token to the model (not one that opens `<think>`)."""
-    used = {t for _, r in pairs[:100] for t in (THINK, SHORT) if r.startswith(t)}
+    used = {t for r in responses for t in (THINK, SHORT) if r.startswith(t)}
     if not used:
         return
     missing = [t for t in sorted(used) if token_id(tokenizer, t) is None]
@@ -76,12 +84,16 @@ def check_control_tokens(tokenizer, pairs: list[tuple[str, str]]) -> None:
         )
 
 
-def tokenize(tokenizer, question: str, response: str, seq_len: int, eos: int) -> dict | None:
-    """{"tokens", "loss"} int32 rows of one sample, truncated to `seq_len`; None if no loss left."""
+def tokenize(
+    tokenizer, question: str, response: str, seq_len: int, eos: int, trains_control: bool = True
+) -> dict | None:
+    """{"tokens", "loss"} int32 rows of one sample, truncated to `seq_len`; None if no loss left.
+    Without `trains_control` the first response token (the control token) has no loss."""
     prompt = tokenizer.encode(format_prompt(tokenizer, question), add_special_tokens=False)
     answer = tokenizer.encode(response, add_special_tokens=False) + [eos]
     tokens = np.asarray(prompt + answer, np.int32)[:seq_len]
-    loss = np.asarray([0] * len(prompt) + [1] * len(answer), np.int32)[:seq_len]
+    skip = 0 if trains_control else 1
+    loss = np.asarray([0] * (len(prompt) + skip) + [1] * (len(answer) - skip), np.int32)[:seq_len]
     return {"tokens": tokens, "loss": loss} if loss.any() else None
 
 
@@ -105,12 +117,14 @@ def sft_batches(
     iterator's state still counts only consumed batches.
     """
     pairs = sample_pairs(records, which, short_repeats)
-    check_control_tokens(tokenizer, pairs)
+    check_control_tokens(tokenizer, [response for _, response, _ in pairs[:100]])
     if batch_size % shard[1]:
         raise ValueError(f"batch_size={batch_size} does not split into {shard[1]} data shares")
     rows = batch_size // shard[1]
     eos = control_tokens(tokenizer).eos[0]
-    ds = record_stream(pairs, seed, shard).map(lambda p: tokenize(tokenizer, *p, seq_len, eos))
+    ds = record_stream(pairs, seed, shard).map(
+        lambda p: tokenize(tokenizer, p[0], p[1], seq_len, eos, trains_control=p[2])
+    )
     ds = ds.to_iter_dataset().filter(lambda s: s is not None)
     ds = FirstFitPackIterDataset(
         ds,
