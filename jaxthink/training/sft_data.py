@@ -59,9 +59,7 @@ def sample_pairs(
         if "prompt" not in record:
             raise ValueError(f"SFT record {i} has keys {sorted(record)}; 'prompt' is required")
         responses = responses_of(record, which, short_repeats)
-        pairs += [
-            (record["prompt"], r, r not in responses[:j]) for j, r in enumerate(responses)
-        ]
+        pairs += [(record["prompt"], r, r not in responses[:j]) for j, r in enumerate(responses)]
     return pairs
 
 
