@@ -49,7 +49,8 @@ whole sum goes in front. No separate column addition of partial products is need
     3*2=06+2+1=09|||9022
 
 Levels (`LEVELS`; a level samples one of its kinds uniformly, then the digit counts uniformly,
-then the operands uniformly among numbers with those digit counts, from 1 up). Trace lengths in
+then the operands uniformly among numbers with those digit counts, from 1 up; a kind with
+`b_values` takes its second operand from those). Trace lengths in
 characters (= tokens of the character tokenizer; newlines included), measured over 4000 train
 problems per level, seed 0 (`level_stats()`). A thinking response is trace + 10 + answer tokens,
 a short response 9 + answer tokens (`<think>`, `</think>`, `<short>` are one token each).
@@ -64,7 +65,7 @@ a short response 9 + answer tokens (`<think>`, `</think>`, `<short>` are one tok
 
 The easy levels take a long walk (every column of the long operand, or two blocks of partial
 products for a multiplier of 10) to an answer that mostly copies the question: the easy problems
-a reasoning model overthinks. Levels 5-6 are where a direct answer has no chance at this size.
+a reasoning model overthinks. Levels 4-6 are where a direct answer has no chance at this size.
 
 The split is a function of the problem alone (a hash of its canonical question), so train and
 test never share a problem, whatever the seed.
