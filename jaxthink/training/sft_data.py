@@ -4,7 +4,8 @@ A paired record `{prompt, think, short}` gives two samples (Thinkless warm-up):
 `<think>` + think + `</think>` + short, and `<short>` + short; a record `{prompt, response}` gives
 one. The prompt is the checkpoint's chat template around the question, ending at the assistant
 tag, so the first response token is the control token. Every response ends with the EOS token.
-The loss covers the response tokens only, control token and EOS included.
+The loss covers the response tokens only, control token and EOS included (the repeats of a short
+response, `short_repeats`, leave the control token out).
 
 A sample longer than `seq_len` is truncated (its response is cut; a prompt that alone fills the
 row leaves nothing to learn and the sample is dropped). Samples are packed first-fit into rows
