@@ -50,9 +50,9 @@ whole sum goes in front. No separate column addition of partial products is need
 
 Levels (`LEVELS`; a level samples one of its kinds uniformly, then the digit counts uniformly,
 then the operands uniformly among numbers with those digit counts, from 1 up; a kind with
-`b_values` takes its second operand from those). Trace lengths in
-characters (= tokens of the character tokenizer; newlines included), measured over 4000 train
-problems per level, seed 0 (`level_stats()`). A thinking response is trace + 10 + answer tokens,
+`b_values` takes its second operand from those). Trace lengths in characters (= tokens of the
+character tokenizer; newlines included), measured over 4000 train problems per level, seed 0
+(`level_stats()`). A thinking response is trace + 10 + answer tokens,
 a short response 9 + answer tokens (`<think>`, `</think>`, `<short>` are one token each).
 
     level  name                          kinds (digits)          trace mean (per kind)  max  answer
