@@ -109,6 +109,13 @@ def output_matrix(model, batch: int) -> Array | None:
     return jax.lax.optimization_barrier(model.embed[...].T)
 
 
+def token_logprob(logits: Array, token: Array, temperature: Array) -> Array:
+    """log softmax(logits / T)[token] per row (T = 1 for greedy rows), without a [B, V] result."""
+    temp = jnp.where(temperature > 0, temperature, 1.0)[:, None]
+    chosen = jnp.take_along_axis(logits, token[:, None], axis=1)
+    return (chosen / temp - jax.nn.logsumexp(logits / temp, axis=-1, keepdims=True))[:, 0]
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "mesh"), donate_argnames=("state",))
 def decode(
     graphdef,
@@ -131,16 +138,15 @@ def decode(
 
     def body(s: LoopState) -> LoopState:
         active = ~s.done
-        keys = jax.vmap(jax.random.fold_in, (0, None))(sampling.keys, s.step)
         masked = policy.mask_logits(s.logits, s.policy, pparams, tok)
-        sampled = choose_tokens(masked, keys, sampling.temperature, sampling.top_k, sampling.top_p)
+        sampled = choose_tokens(
+            masked, sampling.keys, s.step, sampling.temperature, sampling.top_k, sampling.top_p
+        )
         phase_before = s.policy.phase
         token, pstate = policy.step(sampled, s.policy, pparams, tok, active)
         token = jnp.where(active, token, pad_id)
 
-        temp = jnp.where(sampling.temperature > 0, sampling.temperature, 1.0)
-        logp = jax.nn.log_softmax(s.logits / temp[:, None], axis=-1)
-        token_logp = jnp.take_along_axis(logp, token[:, None], axis=1)[:, 0]
+        token_logp = token_logprob(s.logits, token, sampling.temperature)
         ended_eos, ended_stop = tok.eos[token] & active, tok.stop[token] & active
         full = s.step + 1 >= max_new
         finish = jnp.select(

@@ -44,18 +44,20 @@ def top_p_mask(logits: Array, p: Array) -> Array:
 
 
 def choose_tokens(
-    logits: Array, keys: Array, temperature: Array, top_k: Array, top_p: Array
+    logits: Array, keys: Array, step: Array, temperature: Array, top_k: Array, top_p: Array
 ) -> Array:
     """One token per row: argmax where temperature is 0, else a sample of the filtered softmax.
 
-    `keys` [B] are per-row PRNG keys, so a row's draw does not depend on its batch neighbours.
+    `keys` [B] are per-row PRNG keys and `step` is folded into them, so a row's draw depends on
+    neither its batch neighbours nor earlier steps' draws. An all-greedy batch never touches them.
     """
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     def sample():
+        keys_now = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
         scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
         filtered = top_p_mask(top_k_mask(scaled, top_k), top_p)
-        drawn = jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
+        drawn = jax.vmap(jax.random.categorical)(keys_now, filtered).astype(jnp.int32)
         return jnp.where(temperature > 0, drawn, greedy)
 
     return jax.lax.cond(jnp.any(temperature > 0), sample, lambda: greedy)

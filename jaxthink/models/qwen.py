@@ -86,15 +86,21 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> 
     )
 
 
-def rope(x: Array, positions: Array, theta: float) -> Array:
-    """Rotary embedding in the rotate-half layout of the HF checkpoints. x: [B, T, N, D]."""
-    dim = x.shape[-1]
+def rotary(positions: Array, dim: int, theta: float) -> tuple[Array, Array]:
+    """(cos, sin) [B, T, 1, D] of the RoPE angles at `positions` [B, T]: computed once per
+    forward pass and shared by every block."""
     inv_freq = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def rope(x: Array, cos_sin: tuple[Array, Array]) -> Array:
+    """Rotary embedding in the rotate-half layout of the HF checkpoints. x: [B, T, N, D]."""
+    cos, sin = cos_sin
     x1, x2 = jnp.split(x, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
-    return (x * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+    return (x * cos + rotated * sin).astype(x.dtype)
 
 
 class Attention(nnx.Module):
@@ -115,7 +121,7 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(d, cfg.rms_norm_eps, "head_dim", dtype=dtype, rngs=rngs)
         self.cfg = cfg
 
-    def _project(self, x: Array, positions: Array) -> tuple[Array, Array, Array]:
+    def _project(self, x: Array, cos_sin) -> tuple[Array, Array, Array]:
         cfg = self.cfg
         q = jnp.einsum("bte,ehd->bthd", x, self.q[...])
         k = jnp.einsum("bte,ekd->btkd", x, self.k[...])
@@ -124,17 +130,18 @@ class Attention(nnx.Module):
             q, k, v = q + self.q_bias[...], k + self.k_bias[...], v + self.v_bias[...]
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
+        return rope(q, cos_sin), rope(k, cos_sin), v
 
-    def __call__(self, x, positions, mask, cache_kv=None, write_index=None):
-        """x [B,T,E]; mask [B,T,S] over the keys attended (S = T without a cache).
+    def __call__(self, x, cos_sin, mask, cache_kv=None, write_index=None):
+        """x [B,T,E]; cos_sin from `rotary`; mask [B,T,S] over the keys attended (S = T without
+        a cache).
 
         With `cache_kv` = (k, v) [B,S,K,D], this step's keys and values are written at
         `write_index[b] + t` and attention reads the whole cache. With `cache_kv` but no
         `write_index` the cache is only read: each query attends to the cache slots the mask
         allows and to its own key (T alternatives for one position), and (k, v) come back as given.
         """
-        q, k, v = self._project(x, positions)
+        q, k, v = self._project(x, cos_sin)
         scale = self.cfg.head_dim**-0.5
         if cache_kv is not None and write_index is None:
             out = _attend_with_self(q, k, v, cache_kv, mask, scale)
@@ -200,8 +207,8 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", dtype=dtype, rngs=rngs)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, positions, mask, cache_kv=None, write_index=None):
-        a, kv = self.attn(self.attn_norm(x), positions, mask, cache_kv, write_index)
+    def __call__(self, x, cos_sin, mask, cache_kv=None, write_index=None):
+        a, kv = self.attn(self.attn_norm(x), cos_sin, mask, cache_kv, write_index)
         x = x + a
         return x + self.mlp(self.mlp_norm(x)), kv
 
@@ -280,11 +287,12 @@ def _run_blocks(model, x, positions, mask, *, steer=None, capture_layer=None, ca
     if capture_layer is not None:
         _check_layer(model, capture_layer, "capture_layer")
     captured, kvs = None, []
+    cos_sin = rotary(positions, model.cfg.head_dim, model.cfg.rope_theta)
     for i, layer in enumerate(model.layers):
         if i < first:
             continue
         cache_kv = None if caches is None else caches[i]
-        x, kv = layer(x, positions, mask, cache_kv, write_index)
+        x, kv = layer(x, cos_sin, mask, cache_kv, write_index)
         kvs.append(kv)
         if steer is not None and i == steer.layer:
             x = x + steer.delta(x.dtype)
@@ -338,11 +346,12 @@ def residual_stream(model: Qwen, tokens: Array, valid: Array, layers) -> Array:
     mask = segment_mask(valid.astype(jnp.int32))
     positions = positions_from_valid(valid.astype(bool))
     x = jnp.take(model.embed[...], tokens, axis=0)
+    cos_sin = rotary(positions, model.cfg.head_dim, model.cfg.rope_theta)
     states = []
     for block in model.layers:
         if len(states) > max(layers):
             break
-        x, _ = block(x, positions, mask)
+        x, _ = block(x, cos_sin, mask)
         states.append(x)
     return jnp.stack([states[layer] for layer in layers])
 
