@@ -152,7 +152,10 @@ class Attention(nnx.Module):
                 k = write(cache_kv[0], k.astype(cache_kv[0].dtype), write_index)
                 v = write(cache_kv[1], v.astype(cache_kv[1].dtype), write_index)
             out = _attend(q, k, v, mask, scale)
-        out = jnp.einsum("bthd,hde->bte", out, self.o[...])
+        # As one [B,T,H*D] x [H*D,E] product: the head-merged form keeps XLA from choosing a
+        # transposed layout for `o`, which on CPU copied the weight at every decode step.
+        b, t, h, d = out.shape
+        out = out.reshape(b, t, h * d) @ self.o[...].reshape(h * d, -1)
         if self.cfg.o_bias:
             out = out + self.o_bias[...]
         return out, (k, v)
