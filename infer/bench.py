@@ -9,6 +9,7 @@ memory-bandwidth floor (weight bytes / read bandwidth measured in this run) per 
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 
@@ -73,8 +74,10 @@ def _best_of(fn, repeats: int) -> float:
     return best
 
 
-def _time_jaxthink(graphdef, params, prompts, new_tokens, rows, tok, repeats) -> float:
-    """Seconds of the decode steps alone: a run of `new_tokens` minus a run of one token."""
+def _time_jaxthink(graphdef, params, prompts, new_tokens, row_sets, tok, repeats) -> list[float]:
+    """Seconds of the decode steps alone for each set of policy rows: a run of `new_tokens` minus
+    a run of one token, each the best of `repeats`. The sets are timed in alternation, so a slow
+    spell of this shared machine falls on all of them alike."""
     from jaxthink.decode import sampler
 
     b = len(prompts)
@@ -82,9 +85,20 @@ def _time_jaxthink(graphdef, params, prompts, new_tokens, rows, tok, repeats) ->
         temperature=jnp.zeros((b,)), top_k=jnp.zeros((b,), jnp.int32),
         top_p=jnp.ones((b,)), keys=jax.random.split(jax.random.key(0), b),
     )  # fmt: skip
-    run = lambda k: sampler.sample(graphdef, params, prompts, rows, tok, sampling, k)
-    run(1), run(new_tokens)  # warm-up: compiles prefill and decode
-    return _best_of(lambda: run(new_tokens), repeats) - _best_of(lambda: run(1), repeats)
+    runs = [
+        functools.partial(sampler.sample, graphdef, params, prompts, rows, tok, sampling)
+        for rows in row_sets
+    ]
+    for run in runs:
+        run(1), run(new_tokens)  # warm-up: compiles prefill and decode
+    best = {}
+    for _ in range(repeats):
+        for i, run in enumerate(runs):
+            for k in (1, new_tokens):
+                t0 = time.perf_counter()
+                run(k)
+                best[i, k] = min(best.get((i, k), float("inf")), time.perf_counter() - t0)
+    return [best[i, new_tokens] - best[i, 1] for i in range(len(runs))]
 
 
 def hf_greedy(model, prompts: list[list[int]], new_tokens: int):
@@ -156,11 +170,9 @@ def run(shapes, batches, new_tokens: int, prompt_len: int, repeats: int) -> list
         tok = _bench_tokens(cfg.vocab_size)
         for b in batches:
             prompts = _prompts(b, prompt_len, cfg.vocab_size)
-            ours, mixed = (
-                _time_jaxthink(
-                    graphdef, params, prompts, new_tokens, _mode_rows(b, k), tok, repeats
-                )
-                for k in ("greedy", "mixed")
+            row_sets = [_mode_rows(b, kind) for kind in ("greedy", "mixed")]
+            ours, mixed = _time_jaxthink(
+                graphdef, params, prompts, new_tokens, row_sets, tok, repeats
             )
             theirs = _time_transformers(hf, prompts, new_tokens, repeats)
             floor_ms = weight_bytes / (bandwidth * 1e9) * 1e3

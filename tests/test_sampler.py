@@ -181,3 +181,15 @@ def test_decode_loop_writes_nothing_the_size_of_a_weight(tmp_path):
     assert max(activations) < smallest, "the test needs loop state smaller than any weight"
     large = [(n, op, e) for n, op, e in ops if op not in _BOOKKEEPING_OPS and e >= smallest]
     assert not large, large
+
+
+def test_bench_prints_one_row_per_model_and_batch(capsys):
+    """`python -m infer bench` runs end to end (a smoke test: speed belongs to the printout)."""
+    from infer import bench
+
+    bench.main(["--shape", "tiny", "--batch", "2", "--new-tokens", "6", "--repeats", "1"])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| tiny")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[1] == "2" and len(cells) == 9
+    assert all(np.isfinite(float(c.rstrip("x%"))) for c in cells[2:])
