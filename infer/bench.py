@@ -67,13 +67,14 @@ def _prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[in
     return [rng.integers(10, vocab, length - 3 * r).tolist() for r in range(batch)]
 
 
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def _best_of(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return min(_seconds(fn) for _ in range(repeats))
 
 
 def _time_jaxthink(graphdef, params, prompts, new_tokens, row_sets, tok, repeats) -> list[float]:
@@ -97,9 +98,8 @@ def _time_jaxthink(graphdef, params, prompts, new_tokens, row_sets, tok, repeats
     for _ in range(repeats):
         for i, run in enumerate(runs):
             for k in (1, new_tokens):
-                t0 = time.perf_counter()
-                run(k)
-                best[i, k] = min(best.get((i, k), float("inf")), time.perf_counter() - t0)
+                seconds = _seconds(functools.partial(run, k))
+                best[i, k] = min(best.get((i, k), float("inf")), seconds)
     return [best[i, new_tokens] - best[i, 1] for i in range(len(runs))]
 
 
