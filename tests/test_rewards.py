@@ -5,7 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxthink.rl import RewardConfig, group_advantages, thinkless_reward, thinkless_rewards
+from jaxthink.rl import (
+    RewardConfig,
+    group_advantages,
+    mode_advantages,
+    thinkless_reward,
+    thinkless_rewards,
+)
 
 # (mode, correct, parsed, truncated_think) -> reward under the reference config (gamma = 0.5)
 TABLE = [
@@ -92,3 +98,38 @@ def test_group_advantages_reject_a_batch_that_is_not_whole_groups():
         group_advantages(REWARDS, group_size=5)
     with pytest.raises(ValueError, match="group_size must be >= 1"):
         group_advantages(REWARDS, group_size=0)
+
+
+THINK = jnp.array([1, 1, 0, 0, 1, 0, 1, 0, 1, 1, 1, 0], bool)
+
+
+def test_mode_advantages_subtract_the_mean_of_the_same_mode():
+    adv = np.asarray(mode_advantages(REWARDS, THINK, group_size=4))
+    # group 0: think {1, -1} -> mean 0; short {0.5, 0.5} -> mean 0.5
+    np.testing.assert_allclose(adv[:4], [1.0, -1.0, 0.0, 0.0], atol=1e-7)
+    # group 1 is all 1.0; group 2: think {-1, 0.5, 0.5} -> mean 0, short {1} alone -> 0
+    np.testing.assert_allclose(adv[4:], [0.0] * 4 + [-1.0, 0.5, 0.5, 0.0], atol=1e-7)
+
+
+def test_mode_advantages_with_std_normalisation():
+    adv = np.asarray(mode_advantages(REWARDS, THINK, group_size=4, normalize_std=True))
+    think = np.array([-1.0, 0.5, 0.5])
+    expected = (think - think.mean()) / (think.std() + 1e-6)
+    np.testing.assert_allclose(adv[8:11], expected, rtol=1e-5)
+    np.testing.assert_allclose(adv[:2], [1.0, -1.0], rtol=1e-5)
+    assert not adv[2:8].any() and adv[11] == 0.0
+
+
+def test_mode_advantages_of_one_mode_equal_group_advantages():
+    every = jnp.ones(12, bool)
+    for normalize_std in (False, True):
+        np.testing.assert_allclose(
+            mode_advantages(REWARDS, every, 4, normalize_std),
+            group_advantages(REWARDS, 4, normalize_std),
+            atol=1e-6,
+        )
+        np.testing.assert_allclose(
+            mode_advantages(REWARDS, ~every, 4, normalize_std),
+            group_advantages(REWARDS, 4, normalize_std),
+            atol=1e-6,
+        )

@@ -305,6 +305,25 @@ def test_all_padding_rows_change_nothing():
     )
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_per_token_advantages_equal_per_response_ones_broadcast(name):
+    batch = make_batch()
+    per_token = np.repeat(batch["advantages"][:, None], WIDTH, 1)
+    loss, _ = policy_loss(**{**batch, "advantages": per_token}, cfg=CONFIGS[name])
+    assert float(loss) == pytest.approx(float(policy_loss(**batch, cfg=CONFIGS[name])[0]), rel=1e-6)
+
+
+def test_per_token_advantages_reach_their_own_tokens():
+    lengths, control, response = [3, 5], np.array([0.5, -1.0]), np.array([2.0, 0.25])
+    batch = at_ratio_one(lengths, control)
+    batch["advantages"] = np.repeat(response[:, None], WIDTH, 1).astype(np.float32)
+    batch["advantages"][:, 0] = control
+    g = grad_wrt_logp(LossConfig("degrpo", alpha=0.3, normalization="paper"), batch)
+    np.testing.assert_allclose(g[:, 0], -0.3 * control / 2, rtol=1e-6)
+    for i, n in enumerate(lengths):
+        np.testing.assert_allclose(g[i, 1 : n + 1], -response[i] / n / 2, rtol=1e-6)
+
+
 def test_shapes_are_checked():
     batch = make_batch()
     with pytest.raises(ValueError, match=r"advantages must have shape \[B\] = \(6,\)"):

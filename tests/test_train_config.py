@@ -94,6 +94,8 @@ def test_rl_checks_span_sections():
         load_config(RLConfig, None, ["loss.kind=ppo"])
     with pytest.raises(ConfigError, match="unknown mode"):
         load_config(RLConfig, None, ["rollout.mode=thinkfast"])
+    with pytest.raises(ConfigError, match=r"response_baseline='prompt': .*\('group', 'mode'\)"):
+        load_config(RLConfig, None, ["response_baseline=prompt"])
 
 
 def test_saved_config_loads_back_equal(tmp_path):

@@ -11,11 +11,11 @@ from flax import nnx
 
 import jaxthink
 from jaxthink.decode.sampler import left_pad
-from jaxthink.rl import LossConfig, RewardConfig, policy_loss
-from jaxthink.training.config import ModelSpec
+from jaxthink.rl import LossConfig, RewardConfig, group_advantages, mode_advantages, policy_loss
+from jaxthink.training.config import ModelSpec, RLConfig, RolloutConfig
 from jaxthink.training.model_setup import build_model
-from jaxthink.training.rl import accumulate_gradients, mini_batches
-from jaxthink.training.rollout import response_width, right_pad
+from jaxthink.training.rl import accumulate_gradients, mini_batches, training_arrays
+from jaxthink.training.rollout import Rollout, response_width, right_pad
 
 TEMPERATURE = 0.7
 CONFIGS = {
@@ -162,3 +162,34 @@ def test_truncated_thinking_is_wrong_even_with_the_right_answer():
     np.testing.assert_array_equal(rewards, [-1.0, 0.5, 1.0, -1.0])
     np.testing.assert_array_equal(truncated, [True, False, False, False])
     assert jnp.asarray(think).tolist() == [True, True, False, False]
+
+
+@pytest.mark.parametrize("baseline", ["group", "mode"])
+def test_training_advantages_by_response_baseline(baseline):
+    """ "group": one advantage per row; "mode": the group's on the control token, the same-mode
+    samples' on every response token after it."""
+    rewards = np.array([1.0, 0.8, 0.8, 1.0, 1.0, -1.0, -1.0, 0.8], np.float32)
+    think = np.array([0, 1, 1, 0, 0, 0, 1, 1], bool)
+    rollout = Rollout(
+        prompt_tokens=np.zeros((8, 4), np.int32), prompt_valid=np.ones((8, 4), bool),
+        response_tokens=np.zeros((8, 6), np.int32), response_mask=np.ones((8, 6), np.float32),
+        rewards=rewards, think=think, correct=rewards > 0, truncated=np.zeros(8, bool),
+        lengths=np.full(8, 6, np.int32), generations=[],
+    )  # fmt: skip
+    cfg = RLConfig(
+        rollout=RolloutConfig(group_size=4, prompts_per_step=2),
+        normalize_std=True,
+        response_baseline=baseline,
+    )
+    adv = training_arrays(rollout, cfg)["advantages"]
+    group = np.asarray(group_advantages(rewards, 4, normalize_std=True))
+    if baseline == "group":
+        np.testing.assert_array_equal(adv, group)
+        return
+    assert adv.shape == (8, 6)
+    np.testing.assert_array_equal(adv[:, 0], group)
+    within = np.asarray(mode_advantages(rewards, think, 4, normalize_std=True))
+    np.testing.assert_array_equal(adv[:, 1:], np.repeat(within[:, None], 5, 1))
+    # prompt 0: <think> loses to <short>, but its two right traces are not pushed down
+    assert adv[1, 0] < 0 and adv[2, 0] < 0 and not adv[1:3, 1:].any()
+    assert adv[7, 1] > 0 > adv[6, 1]  # prompt 1: the right trace against the wrong one

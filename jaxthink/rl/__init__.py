@@ -4,7 +4,7 @@ rewards (Thinkless reward table) -> advantages (group-relative) -> losses (DeGRP
 (sum, denominator) aggregation for gradient accumulation). No trainer state lives here.
 """
 
-from jaxthink.rl.advantages import group_advantages
+from jaxthink.rl.advantages import group_advantages, mode_advantages
 from jaxthink.rl.losses import (
     LossConfig,
     Term,
@@ -31,6 +31,7 @@ __all__ = [
     "loss_denominators",
     "loss_terms",
     "merge_terms",
+    "mode_advantages",
     "policy_loss",
     "summarize_terms",
     "thinkless_reward",

@@ -4,7 +4,8 @@ Conventions (what the sampler and trainer produce). A batch of B responses padde
 position t = 0 of each row is its control token (`<short>` or `<think>`), positions 1..T_i the
 response tokens. `logp`, `old_logp`, `ref_logp` [B, T] are log-probs of the taken tokens (already
 computed from logits / temperature), `mask` [B, T] is 1 on real tokens including the control token,
-`advantages` [B], `entropy` [B, T] the policy's per-token entropy. T_i = sum_{t>=1} mask[i, t].
+`advantages` [B] (one per response) or [B, T] (per token), `entropy` [B, T] the policy's per-token
+entropy. T_i = sum_{t>=1} mask[i, t].
 
 Per-token clipped surrogate (PPO/GRPO), r = exp(logp - old_logp):
     l_{i,t} = max(-A_i r_{i,t}, -A_i clip(r_{i,t}, 1 - eps, 1 + eps))
@@ -115,7 +116,7 @@ def clipped_surrogate(
     guard against overflow that only matters for a policy e^20 times off its sampler.
     """
     ratio = jnp.exp(jnp.clip(logp - old_logp, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
-    adv = advantages[:, None]
+    adv = advantages if advantages.ndim == 2 else advantages[:, None]
     unclipped = -adv * ratio
     clipped = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     return jnp.maximum(unclipped, clipped), ratio, clipped > unclipped
@@ -177,10 +178,10 @@ def loss_terms(
     """
     mask = jnp.asarray(mask, jnp.float32)
     _check_shapes(mask.shape, logp=logp, old_logp=old_logp, ref_logp=ref_logp, entropy=entropy)
-    if jnp.shape(advantages) != mask.shape[:1]:
+    if jnp.shape(advantages) not in (mask.shape[:1], mask.shape):
         raise ValueError(
-            f"advantages must have shape [B] = {mask.shape[:1]} (one per response), "
-            f"got {jnp.shape(advantages)}"
+            f"advantages must have shape [B] = {mask.shape[:1]} (one per response) or "
+            f"[B, T] = {mask.shape} (per token), got {jnp.shape(advantages)}"
         )
     valid = mask > 0
 

@@ -180,6 +180,9 @@ def _rl_optim() -> OptimConfig:
     return OptimConfig(lr=1e-6, schedule="constant", warmup_ratio=0.0, b2=0.999, weight_decay=0.01)
 
 
+RESPONSE_BASELINES = ("group", "mode")
+
+
 @dataclasses.dataclass(frozen=True)
 class RLConfig(RunFields):
     """On-policy DeGRPO / GRPO rounds: rollout, rewards, advantages, `mini_batches` updates.
@@ -187,7 +190,10 @@ class RLConfig(RunFields):
     Each step's rows (prompts_per_step * group_size) are shuffled and split into `mini_batches`
     optimizer updates; each update accumulates gradients over micro-batches of
     `micro_batch_size` rows (0: the whole mini-batch at once). `normalize_std` divides the
-    group-centred rewards by the group's standard deviation.
+    group-centred rewards by the group's standard deviation. `response_baseline` is what the
+    response tokens' rewards are measured against: "group" (every sample of the prompt, as the
+    control token and the paper) or "mode" (the prompt's samples in the same mode;
+    jaxthink.rl.mode_advantages).
     """
 
     model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
@@ -197,6 +203,7 @@ class RLConfig(RunFields):
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     optim: OptimConfig = dataclasses.field(default_factory=_rl_optim)
     normalize_std: bool = False
+    response_baseline: str = "group"
     mini_batches: int = 2
     micro_batch_size: int = 0
     steps: int = 200
@@ -207,6 +214,11 @@ class RLConfig(RunFields):
     def __post_init__(self):
         super().__post_init__()
         _positive(self, "mini_batches")
+        if self.response_baseline not in RESPONSE_BASELINES:
+            raise ValueError(
+                f"response_baseline={self.response_baseline!r}: expected one of "
+                f"{RESPONSE_BASELINES}"
+            )
         rows = self.rollout.prompts_per_step * self.rollout.group_size
         if rows % self.mini_batches:
             raise ValueError(

@@ -2,7 +2,7 @@
 
 One step:
     prompts --rollout (G samples each, compiled sampler)--> graded, rewarded responses
-      --group_advantages--> A_i
+      --group_advantages--> A_i (and, with response_baseline "mode", the response tokens' own)
       --response_logprobs under the rollout params (old) and the frozen start (ref)-->
       --shuffle rows, split into `mini_batches`; each: accumulate policy-loss gradients over
         micro-batches, one AdamW update--> params
@@ -41,6 +41,7 @@ from jaxthink.rl import (
     loss_denominators,
     loss_terms,
     merge_terms,
+    mode_advantages,
     summarize_terms,
     with_denominators,
 )
@@ -226,13 +227,21 @@ def batch_logprobs(setup: RLSetup, params, arrays: dict, chunk: int) -> np.ndarr
 
 
 def training_arrays(rollout: Rollout, cfg: RLConfig) -> dict[str, np.ndarray]:
-    advantages = group_advantages(rollout.rewards, cfg.rollout.group_size, cfg.normalize_std)
+    """The update's per-row inputs. Advantages are [B], or [B, R] per token when the response
+    tokens have their own baseline: the group's at t = 0 (the control token), the mode's after."""
+    group_size = cfg.rollout.group_size
+    advantages = np.asarray(group_advantages(rollout.rewards, group_size, cfg.normalize_std))
+    if cfg.response_baseline == "mode":
+        within = mode_advantages(rollout.rewards, rollout.think, group_size, cfg.normalize_std)
+        per_token = np.repeat(np.asarray(within)[:, None], rollout.response_tokens.shape[1], 1)
+        per_token[:, 0] = advantages
+        advantages = per_token
     return {
         "prompt_tokens": rollout.prompt_tokens,
         "prompt_valid": rollout.prompt_valid,
         "response_tokens": rollout.response_tokens,
         "response_mask": rollout.response_mask,
-        "advantages": np.asarray(advantages),
+        "advantages": advantages,
     }
 
 
