@@ -8,7 +8,7 @@ batch x kv heads for the KV cache):
   prompts_per_step x G sequences of (prompt + max response) tokens;
 - update activations with per-layer rematerialisation and gradient accumulation: the residual
   stream saved at every layer boundary (bf16) for one micro-batch of sequences, plus fp32 logits
-  for a chunk of 1024 tokens at a time.
+  for LOGIT_CHUNK positions of each of its rows at a time (jaxthink.training.logprobs).
 The numbers are estimates to plan a slice, not a profiler's reading.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxthink.models.config import ModelConfig
+from jaxthink.training.logprobs import LOGIT_CHUNK
 
 GIB = 1024**3
 # name -> (chips, HBM GiB per chip)
@@ -61,7 +62,7 @@ def breakdown_gib(cfg: ModelConfig, run: RunShape) -> dict[str, float]:
     saved = (
         run.micro_batch * (run.prompt_len + run.max_response) * cfg.num_layers * cfg.hidden_size * 2
     )
-    logits_chunk = 1024 * cfg.vocab_size * 4
+    logits_chunk = run.micro_batch * LOGIT_CHUNK * cfg.vocab_size * 4
     return {
         "train state (fp32 params, Adam, grads)": 16 * n / GIB,
         "rollout + reference weights (bf16)": 4 * n / GIB,

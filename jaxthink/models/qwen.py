@@ -313,6 +313,7 @@ def forward(
     positions: Array | None = None,
     steer: Steering | None = None,
     capture_layer: int | None = None,
+    return_hidden: bool = False,
 ):
     """Logits [B, T, V] of a (left-)padded batch; `valid` marks real tokens.
 
@@ -320,6 +321,8 @@ def forward(
     that attends only to itself) and usually their `positions` [B, T]; without them positions
     restart at every segment. `steer` adds a vector after a block; `capture_layer=L` returns
     (logits, residual stream after block L [B, T, E]) instead of the logits alone.
+    `return_hidden` gives the residual stream after the last block [B, T, E] in place of the
+    logits (`model.logits(hidden)` makes them): for losses that make logits a chunk at a time.
     """
     if valid is not None and segment_ids is not None:
         raise ValueError("give valid (one sequence per row) or segment_ids (packed rows), not both")
@@ -334,8 +337,8 @@ def forward(
     x, captured, _ = _run_blocks(
         model, x, positions.astype(jnp.int32), mask, steer=steer, capture_layer=capture_layer
     )
-    logits = model.logits(x)
-    return logits if capture_layer is None else (logits, captured)
+    out = x if return_hidden else model.logits(x)
+    return out if capture_layer is None else (out, captured)
 
 
 def residual_stream(model: Qwen, tokens: Array, valid: Array, layers) -> Array:

@@ -1,7 +1,8 @@
 """Supervised warm-up: next-token cross-entropy on the response tokens of packed rows.
 
     records --(sft_data: chat template, control token, EOS, truncate, pack)--> batches
-      --(the step: forward over packed rows -> token-mean cross-entropy -> AdamW)--> params
+      --(the step: forward over packed rows -> token-mean cross-entropy, logits a chunk of
+         positions at a time (jaxthink.training.logprobs) -> AdamW)--> params
       --> orbax checkpoints, metrics.jsonl, run_dir/hf
 
 `make_sft_step(graphdef, tx)` is a pure function of (params, opt_state, batch): the run jits it
@@ -25,6 +26,7 @@ from jaxthink.distributed import batch_spec
 from jaxthink.models import forward
 from jaxthink.training import run as runlib
 from jaxthink.training.config import OptimConfig, SFTConfig
+from jaxthink.training.logprobs import token_logprobs
 from jaxthink.training.mesh import Layout, run_mesh
 from jaxthink.training.metrics import MetricsLog, console_line
 from jaxthink.training.model_setup import build_model
@@ -37,17 +39,19 @@ CONSOLE_KEYS = ("loss", "accuracy", "grad_norm", "lr", "tokens_per_s")
 
 def sft_loss(model, batch: dict) -> tuple[jax.Array, dict]:
     """Mean cross-entropy over the batch's loss tokens (each predicted from its predecessor)."""
-    logits = forward(
-        model, batch["tokens"], segment_ids=batch["segment_ids"], positions=batch["positions"]
+    hidden = forward(
+        model,
+        batch["tokens"],
+        segment_ids=batch["segment_ids"],
+        positions=batch["positions"],
+        return_hidden=True,
     )
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    targets = batch["tokens"][:, 1:]
-    token_logp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    token_logp, _, top = token_logprobs(model, hidden[:, :-1], batch["tokens"][:, 1:])
     seg = batch["segment_ids"]
     weight = (batch["loss"][:, 1:] > 0) & (seg[:, 1:] == seg[:, :-1])
     weight = weight.astype(jnp.float32)
     count = jnp.maximum(weight.sum(), 1.0)
-    correct = (jnp.argmax(logp, axis=-1) == targets) * weight
+    correct = top * weight
     return -(token_logp * weight).sum() / count, {
         "loss_tokens": weight.sum(),
         "accuracy": correct.sum() / count,
