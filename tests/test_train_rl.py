@@ -110,11 +110,13 @@ def whole_and_micro(graphdef, params, whole, micro, name):
     cfg = CONFIGS[name]
     return (
         accumulate_gradients(graphdef, params, whole, cfg, TEMPERATURE),
-        accumulate_gradients(graphdef, params, micro, cfg, TEMPERATURE),
+        accumulate_gradients(graphdef, params, micro, cfg, TEMPERATURE, remat=True),
     )
 
 
 def test_micro_batches_add_up_to_the_whole_batch(tiny, batch):
+    """...and recomputing the blocks in the backward pass (remat, on the micro side) changes
+    nothing."""
     model, _ = tiny
     graphdef, params = nnx.split(model)
     order = np.random.default_rng(0).permutation(len(LENGTHS))

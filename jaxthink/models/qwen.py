@@ -281,8 +281,9 @@ def _check_layer(model: Qwen, layer: int, what: str) -> None:
 
 
 def _run_blocks(model, x, positions, mask, *, steer=None, capture_layer=None, caches=None,
-                write_index=None, first: int = 0):  # fmt: skip
-    """The decoder blocks from block `first` on, with the hooks.
+                write_index=None, first: int = 0, remat: bool = False):  # fmt: skip
+    """The decoder blocks from block `first` on, with the hooks. With `remat` the backward pass
+    recomputes each block from its input: only the residual stream between blocks is kept.
 
     Returns (x, captured or None, (k, v) per block run)."""
     if steer is not None:
@@ -295,7 +296,11 @@ def _run_blocks(model, x, positions, mask, *, steer=None, capture_layer=None, ca
         if i < first:
             continue
         cache_kv = None if caches is None else caches[i]
-        x, kv = layer(x, cos_sin, mask, cache_kv, write_index)
+
+        def block(x, layer=layer, cache_kv=cache_kv):
+            return layer(x, cos_sin, mask, cache_kv, write_index)
+
+        x, kv = (jax.checkpoint(block) if remat else block)(x)
         kvs.append(kv)
         if steer is not None and i == steer.layer:
             x = x + steer.delta(x.dtype)
@@ -314,6 +319,7 @@ def forward(
     steer: Steering | None = None,
     capture_layer: int | None = None,
     return_hidden: bool = False,
+    remat: bool = False,
 ):
     """Logits [B, T, V] of a (left-)padded batch; `valid` marks real tokens.
 
@@ -323,6 +329,8 @@ def forward(
     (logits, residual stream after block L [B, T, E]) instead of the logits alone.
     `return_hidden` gives the residual stream after the last block [B, T, E] in place of the
     logits (`model.logits(hidden)` makes them): for losses that make logits a chunk at a time.
+    `remat` recomputes each block in the backward pass (training memory: the residual stream
+    at block boundaries instead of every block's activations).
     """
     if valid is not None and segment_ids is not None:
         raise ValueError("give valid (one sequence per row) or segment_ids (packed rows), not both")
@@ -335,8 +343,9 @@ def forward(
         positions = jnp.maximum(mask.sum(axis=-1) - 1, 0)  # count of earlier same-segment keys
     x = jnp.take(model.embed[...], tokens, axis=0)
     x, captured, _ = _run_blocks(
-        model, x, positions.astype(jnp.int32), mask, steer=steer, capture_layer=capture_layer
-    )
+        model, x, positions.astype(jnp.int32), mask, steer=steer, capture_layer=capture_layer,
+        remat=remat,
+    )  # fmt: skip
     out = x if return_hidden else model.logits(x)
     return out if capture_layer is None else (out, captured)
 

@@ -109,7 +109,8 @@ class DataSource:
 
 @dataclasses.dataclass(frozen=True)
 class RunFields:
-    """What every run has: length, directory, checkpoint cadence, logging, devices and hosts.
+    """What every run has: length, directory, checkpoint cadence, logging, memory, devices and
+    hosts.
 
     `run_dir` may be a local directory or a gs:// path (checkpoints, logs and the export go
     there; gs:// needs `gcsfs` installed).
@@ -124,6 +125,7 @@ class RunFields:
     resume: bool = True  # continue from the latest checkpoint in run_dir, if there is one
     export: bool = True  # write the final model as a Hugging Face directory, run_dir/hf
     mesh: MeshConfig = dataclasses.field(default_factory=lambda: MeshConfig(1, 1, 1))
+    remat: bool = False  # recompute each block in the backward pass: memory for long rows
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
     def __post_init__(self):

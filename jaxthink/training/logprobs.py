@@ -57,13 +57,14 @@ def response_logprobs(
     response_mask: jax.Array,
     temperature: float,
     chunk: int = LOGIT_CHUNK,
+    remat: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """(log-prob of each response token, entropy of each step's distribution), both [B, R] and
-    zero where the response mask is 0."""
+    zero where the response mask is 0. `remat`: recompute each block in the backward pass."""
     p, r = prompt_tokens.shape[1], response_tokens.shape[1]
     mask = response_mask > 0
     tokens = jnp.concatenate([prompt_tokens, response_tokens], axis=1)
     valid = jnp.concatenate([prompt_valid.astype(bool), mask], axis=1)
-    hidden = forward(model, tokens, valid, return_hidden=True)[:, p - 1 : p - 1 + r]
+    hidden = forward(model, tokens, valid, return_hidden=True, remat=remat)[:, p - 1 : p - 1 + r]
     logp, entropy, _ = token_logprobs(model, hidden, response_tokens, temperature, chunk)
     return jnp.where(mask, logp, 0.0), jnp.where(mask, entropy, 0.0)

@@ -61,10 +61,15 @@ CONSOLE_KEYS = ("reward", "think_ratio", "accuracy_short", "accuracy_think", "kl
 SEQUENCE_KEYS = ("prompt_tokens", "prompt_valid", "response_tokens", "response_mask")
 
 
-def micro_batch_terms(graphdef, params, micro: dict, cfg: LossConfig, temperature: float):
+def micro_batch_terms(
+    graphdef, params, micro: dict, cfg: LossConfig, temperature: float, remat: bool = False
+):
     """`loss_terms` of one micro-batch, its log-probs and entropies recomputed from `params`."""
     logp, entropy = response_logprobs(
-        nnx.merge(graphdef, params), *(micro[k] for k in SEQUENCE_KEYS), temperature
+        nnx.merge(graphdef, params),
+        *(micro[k] for k in SEQUENCE_KEYS),
+        temperature,
+        remat=remat,
     )
     return loss_terms(
         logp,
@@ -77,14 +82,16 @@ def micro_batch_terms(graphdef, params, micro: dict, cfg: LossConfig, temperatur
     )
 
 
-def accumulate_gradients(graphdef, params, batch: dict, cfg: LossConfig, temperature: float):
+def accumulate_gradients(
+    graphdef, params, batch: dict, cfg: LossConfig, temperature: float, remat: bool = False
+):
     """(loss, grads, terms) of a mini-batch whose leaves are [M, m, ...], summed over the M
     micro-batches; equal to the loss and gradient of the M*m rows at once."""
     mask = batch["response_mask"]
     den = loss_denominators(mask.reshape(-1, mask.shape[-1]), cfg)
 
     def loss_fn(p, micro):
-        terms = micro_batch_terms(graphdef, p, micro, cfg, temperature)
+        terms = micro_batch_terms(graphdef, p, micro, cfg, temperature, remat)
         return combine_terms(with_denominators(terms, den), cfg), terms
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -102,11 +109,11 @@ def accumulate_gradients(graphdef, params, batch: dict, cfg: LossConfig, tempera
     return loss, grads, with_denominators(terms, den)
 
 
-def make_rl_update(graphdef, tx, cfg: LossConfig, temperature: float):
+def make_rl_update(graphdef, tx, cfg: LossConfig, temperature: float, remat: bool = False):
     """update(params, opt_state, batch) -> (params, opt_state, metrics); pure, jit it."""
 
     def update(params, opt_state, batch):
-        loss, grads, terms = accumulate_gradients(graphdef, params, batch, cfg, temperature)
+        loss, grads, terms = accumulate_gradients(graphdef, params, batch, cfg, temperature, remat)
         params, opt_state, stats = apply_gradients(tx, params, opt_state, grads, loss)
         return params, opt_state, {**summarize_terms(terms, cfg), **stats}
 
@@ -144,7 +151,7 @@ class RLSetup:
             _check_micro_rows(cfg, layout)
         total = cfg.steps * cfg.mini_batches
         tx, update, logprobs = compiled_rl_functions(
-            graphdef, cfg.optim, total, cfg.loss, cfg.rollout.temperature, layout
+            graphdef, cfg.optim, total, cfg.loss, cfg.rollout.temperature, layout, cfg.remat
         )
         ref = None
         if cfg.loss.kl_coef > 0:
@@ -171,14 +178,20 @@ def _check_micro_rows(cfg: RLConfig, layout: Layout) -> None:
 
 @functools.lru_cache(maxsize=8)
 def compiled_rl_functions(
-    graphdef, optim: OptimConfig, total: int, loss: LossConfig, temp: float, layout=None
+    graphdef,
+    optim: OptimConfig,
+    total: int,
+    loss: LossConfig,
+    temp: float,
+    layout=None,
+    remat: bool = False,
 ):
     """(optimizer, jitted update, jitted log-probs), cached so that runs of one model shape and
     settings in a process share the compiled programs. With a `layout` both have explicit
     shardings: state as the layout says, rows over data x fsdp (axis 1 of the update's
     [micro-batches, rows, ...] leaves, axis 0 of the log-probs' inputs)."""
     tx = make_optimizer(optim, total)
-    update = make_rl_update(graphdef, tx, loss, temp)
+    update = make_rl_update(graphdef, tx, loss, temp, remat)
     logprobs = make_logprobs(graphdef, temp)
     if layout is None:
         return tx, jax.jit(update, donate_argnums=(0, 1)), jax.jit(logprobs)

@@ -37,14 +37,16 @@ from jaxthink.training.sft_data import sft_batches
 CONSOLE_KEYS = ("loss", "accuracy", "grad_norm", "lr", "tokens_per_s")
 
 
-def sft_loss(model, batch: dict) -> tuple[jax.Array, dict]:
-    """Mean cross-entropy over the batch's loss tokens (each predicted from its predecessor)."""
+def sft_loss(model, batch: dict, remat: bool = False) -> tuple[jax.Array, dict]:
+    """Mean cross-entropy over the batch's loss tokens (each predicted from its predecessor).
+    `remat`: recompute each block in the backward pass."""
     hidden = forward(
         model,
         batch["tokens"],
         segment_ids=batch["segment_ids"],
         positions=batch["positions"],
         return_hidden=True,
+        remat=remat,
     )
     token_logp, _, top = token_logprobs(model, hidden[:, :-1], batch["tokens"][:, 1:])
     seg = batch["segment_ids"]
@@ -58,11 +60,11 @@ def sft_loss(model, batch: dict) -> tuple[jax.Array, dict]:
     }
 
 
-def make_sft_step(graphdef, tx):
+def make_sft_step(graphdef, tx, remat: bool = False):
     """step(params, opt_state, batch) -> (params, opt_state, metrics); pure, jit it."""
 
     def step(params, opt_state, batch):
-        loss_fn = lambda p: sft_loss(nnx.merge(graphdef, p), batch)
+        loss_fn = lambda p: sft_loss(nnx.merge(graphdef, p), batch, remat)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         params, opt_state, stats = apply_gradients(tx, params, opt_state, grads, loss)
         return params, opt_state, {"loss": loss, **aux, **stats}
@@ -71,12 +73,14 @@ def make_sft_step(graphdef, tx):
 
 
 @functools.lru_cache(maxsize=8)
-def compiled_sft_step(graphdef, optim: OptimConfig, total: int, layout: Layout | None = None):
+def compiled_sft_step(
+    graphdef, optim: OptimConfig, total: int, layout: Layout | None = None, remat: bool = False
+):
     """(optimizer, jitted step with donated params and optimizer state), cached so that runs of
     one model shape and optimizer in a process share the compiled program. With a `layout` the
     step has explicit shardings: state as the layout says, batch rows over data x fsdp."""
     tx = make_optimizer(optim, total)
-    step = make_sft_step(graphdef, tx)
+    step = make_sft_step(graphdef, tx, remat)
     if layout is None:
         return tx, jax.jit(step, donate_argnums=(0, 1))
     state = (layout.params(), layout.opt_state(tx))
@@ -97,7 +101,7 @@ def train_sft(cfg: SFTConfig, log=print) -> runlib.TrainState:
     model, tokenizer, _ = build_model(cfg.model, run_dir, mesh)
     graphdef, params = nnx.split(model)
     layout = None if mesh is None else Layout.of(params, mesh)
-    tx, step_fn = compiled_sft_step(graphdef, cfg.optim, cfg.steps, layout)
+    tx, step_fn = compiled_sft_step(graphdef, cfg.optim, cfg.steps, layout, cfg.remat)
     lr = learning_rate(cfg.optim, cfg.steps)
     batches = sft_batches(
         tokenizer,
