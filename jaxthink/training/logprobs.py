@@ -26,8 +26,9 @@ LOGIT_CHUNK = 512  # positions whose logits exist at once
 def token_logprobs(
     model, hidden: jax.Array, targets: jax.Array, temperature: float = 1.0, chunk: int = LOGIT_CHUNK
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(log-prob of `targets`, entropy, target == argmax), each [B, T], of softmax(logits / T)
-    at every position of `hidden` [B, T, E] (the residual stream after the last block)."""
+    """(log-prob of `targets`, entropy, target == argmax), each [B, T], of
+    softmax(logits / temperature) at every position of `hidden` [B, T, E] (the residual stream
+    after the last block)."""
     b, t, e = hidden.shape
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1 positions, got {chunk}")
