@@ -160,7 +160,7 @@ def _main(args) -> None:
 
 def demo_examples() -> list[str]:
     """A few built-in problems, one per level of the demo task, for the demo model with no prompt."""
-    return ["4821*10", "739215+8", "5821364+47", "4821+967", "23*47", "4821*36"]
+    return ["4821*10", "482*100", "739215+8", "4821+967", "23*47", "4821*36"]
 
 
 def run(args, model, tokenizer, prompts: list[str], max_new: int) -> None:

@@ -29,7 +29,8 @@ def demo():
 
 @pytest.fixture(scope="module")
 def problems():
-    # seed 11: not the README's evaluation set (seed 0), and test split only
+    # seed 11 of the test split: another draw than the README's evaluation set (seed 0); level 2
+    # has only ~90 test problems, so there the two share some
     return generate_problems(6 * PER_LEVEL, seed=11, split="test")
 
 
@@ -71,15 +72,15 @@ def test_the_demo_model_ships_inside_the_package(demo):
 
 def test_thinkless_answers_easy_problems_directly_and_thinks_on_hard_ones(demo, problems, think):
     levels = _per_level(demo, problems, "thinkless")
-    assert levels[1]["think"] <= 0.2 and levels[6]["think"] >= 0.75
+    assert max(levels[1]["think"], levels[2]["think"]) <= 0.2 and levels[6]["think"] >= 0.75
     assert _overall(levels, "correct") >= _overall(think, "correct") - 0.05
-    assert _overall(levels, "tokens") <= 0.85 * _overall(think, "tokens")
+    assert _overall(levels, "tokens") <= 0.7 * _overall(think, "tokens")
 
 
 def test_direct_answers_hold_on_the_easiest_level_and_fail_on_the_hardest(demo, problems, think):
     short = _per_level(demo, problems, "short")
     assert _overall(think, "correct") >= 0.7
-    assert short[1]["correct"] >= 0.9
+    assert min(short[1]["correct"], short[2]["correct"]) >= 0.9
     assert short[6]["correct"] <= 0.1 < 0.35 <= think[6]["correct"]
 
 

@@ -57,15 +57,16 @@ a short response 9 + answer tokens (`<think>`, `</think>`, `<short>` are one tok
 
     level  name                          kinds (digits)          trace mean (per kind)  max  answer
     1      times 10                      * 3-4,10                150.0                   174  4.5
-    2      1 digit added to 5-7 digits   + 5-7,1                 109.0                   133  6.0
-    3      2 digits added to 5-7 digits  + 5-7,2                 109.6                   134  6.0
+    2      times 100                     * 3,100                 208.0                   208  5.0
+    3      1 digit added to 5-7 digits   + 5-7,1                 109.0                   133  6.0
     4      add/sub 3-5 digits            + 3-5,3-5 | - 3-5,1-5    84.6  (78.5 | 90.9)    117  4.7
     5      mul by 1 digit, 2x2 mul       * 2-3,1   | * 2,2        63.7  (41.1 | 85.9)     87  3.5
     6      3x2 and 4x2 mul               * 3,2     | * 4,2       153.9                   180  5.3
 
-The easy levels take a long walk (every column of the long operand, or two blocks of partial
-products for a multiplier of 10) to an answer that mostly copies the question: the easy problems
-a reasoning model overthinks. Levels 4-6 are where a direct answer has no chance at this size.
+The easy levels take a long walk (every column of the long operand, or two or three blocks of
+partial products for a multiplier of 10 or 100) to an answer that mostly copies the question: the
+easy problems a reasoning model overthinks. Level 2 has only 900 problems (about 90 of them in
+the test split), so a test set has at most about 90 problems per level. Levels 4-6 are where a direct answer has no chance at this size.
 
 The split is a function of the problem alone (a hash of its canonical question), so train and
 test never share a problem, whatever the seed.
@@ -129,8 +130,8 @@ def _either(op, digits_a, digits_b):
 # (multi-digit multipliers) need the trace.
 LEVELS: dict[int, Level] = {
     1: Level("times 10", (ProblemKind("*", (3, 4), (2, 2), b_values=(10,)),)),
-    2: Level("1 digit added to 5-7 digits", (_either("+", (5, 7), (1, 1)),)),
-    3: Level("2 digits added to 5-7 digits", (_either("+", (5, 7), (2, 2)),)),
+    2: Level("times 100", (ProblemKind("*", (3, 3), (3, 3), b_values=(100,)),)),
+    3: Level("1 digit added to 5-7 digits", (_either("+", (5, 7), (1, 1)),)),
     4: Level("add/sub 3-5 digits", (_either("+", (3, 5), (3, 5)), _either("-", (3, 5), (1, 5)))),
     5: Level(
         "mul by 1 digit, 2x2 mul",
