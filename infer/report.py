@@ -221,28 +221,43 @@ def _levels_in(modes: dict) -> list[str]:
 
 
 def plot_pass_at_k(summary: dict, path: str | Path) -> Path:
-    """pass@k against k, one line per mode; log2 k axis from n = 4 on."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.add_subplot()
+    """pass@k per mode against k (left) and against the tokens its k samples cost, k x mean
+    tokens per sample (right: modes compared at matched token budgets, with the votes over all
+    n samples as markers at n x mean tokens); log2 axes from n = 4 on."""
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    by_k, by_tokens = fig.subplots(1, 2)
     n = summary["n"]
-    for mode, metrics in summary["modes"].items():
+    votes = (("cons_at_n", "s", "majority"), ("confidence_highest", "^", "most confident"))
+    for i, (mode, metrics) in enumerate(summary["modes"].items()):
+        color = f"C{i % 10}"
         ks = [int(k) for k in metrics["pass_at_k"]]
         values = [100 * v for v in metrics["pass_at_k"].values()]
-        ax.plot(ks, values, marker="o", markersize=4, label=mode)
+        by_k.plot(ks, values, marker="o", markersize=4, color=color, label=mode)
+        tokens = [k * max(metrics["mean_tokens"], 1.0) for k in ks]
+        by_tokens.plot(tokens, values, marker="o", markersize=4, color=color, label=mode)
+        for key, marker, _ in votes if n > 1 else ():
+            by_tokens.plot(tokens[-1], 100 * metrics[key], marker=marker, color=color, ls="none")
+    for _, marker, name in votes if n > 1 else ():
+        by_tokens.plot([], [], marker=marker, color="gray", ls="none", label=f"{name} of {n}")
     ticks = [k for k in (2**i for i in range(n.bit_length())) if k <= n]
     ticks += [n] if n not in ticks else []
     if n >= 4:
-        ax.set_xscale("log", base=2)
-        ax.minorticks_off()
-    ax.set_xticks(ticks, labels=[str(k) for k in ticks])
-    ax.set_ylim(-2, 102)
-    ax.set(
-        xlabel="k (samples per problem)",
-        ylabel="pass@k (%)",
-        title=f"pass@k by mode ({summary['problems']} problems, n = {n})",
+        for ax in (by_k, by_tokens):
+            ax.set_xscale("log", base=2)
+        by_k.minorticks_off()
+        by_tokens.xaxis.set_major_formatter(LogFormatter(base=2, labelOnlyBase=False))
+    by_k.set_xticks(ticks, labels=[str(k) for k in ticks])
+    title = f"({summary['problems']} problems, n = {n})"
+    by_k.set(xlabel="k (samples per problem)", ylabel="pass@k (%)", title=f"pass@k by mode {title}")
+    by_tokens.set(
+        xlabel="generated tokens per problem (k x mean tokens per sample)",
+        ylabel="pass@k, votes (%)",
+        title=f"At matched token budgets {title}",
     )
-    ax.grid(alpha=0.3)
-    ax.legend(title="mode", fontsize="small")
+    for ax in (by_k, by_tokens):
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
     return _save(fig, path)
 
 
