@@ -66,8 +66,8 @@ a short response 9 + answer tokens (`<think>`, `</think>`, `<short>` are one tok
 The easy levels take a long walk (every column of the long operand, or two or three blocks of
 partial products for a multiplier of 10 or 100) to an answer that mostly copies the question: the
 easy problems a reasoning model overthinks. Level 2 has only 900 problems (about 90 of them in
-the test split), so a test set has at most about 90 problems per level. Levels 4-6 are where a
-direct answer has no chance at this size.
+the test split), so a test set of unique problems holds at most about 90 per level. Levels 4-6
+are where a direct answer has no chance at this size.
 
 The split is a function of the problem alone (a hash of its canonical question), so train and
 test never share a problem, whatever the seed.
