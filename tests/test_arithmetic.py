@@ -234,3 +234,9 @@ def test_questions_are_read_from_free_text(text, question):
 def test_text_without_a_question_is_refused_with_an_example():
     with pytest.raises(ValueError, match="'hello'.*e.g. 'What is 4821 \\+ 967\\?'"):
         ar.question_from_text("hello")
+
+
+def test_a_level_that_runs_out_of_unique_test_problems_is_named():
+    # level 2 ("times 100" on 3 digits) has 900 problems, about 90 of them in the test split
+    with pytest.raises(ValueError, match="level 2: ran out of unique test problems"):
+        ar.generate_problems(200, [2], split="test")
