@@ -228,6 +228,7 @@ def plot_pass_at_k(summary: dict, path: str | Path) -> Path:
     by_k, by_tokens = fig.subplots(1, 2)
     n = summary["n"]
     votes = (("cons_at_n", "s", "majority"), ("confidence_highest", "^", "most confident"))
+    votes = votes if n > 1 else ()  # a vote over one sample is that sample
     for i, (mode, metrics) in enumerate(summary["modes"].items()):
         color = f"C{i % 10}"
         ks = [int(k) for k in metrics["pass_at_k"]]
@@ -235,9 +236,9 @@ def plot_pass_at_k(summary: dict, path: str | Path) -> Path:
         by_k.plot(ks, values, marker="o", markersize=4, color=color, label=mode)
         tokens = [k * max(metrics["mean_tokens"], 1.0) for k in ks]
         by_tokens.plot(tokens, values, marker="o", markersize=4, color=color, label=mode)
-        for key, marker, _ in votes if n > 1 else ():
+        for key, marker, _ in votes:
             by_tokens.plot(tokens[-1], 100 * metrics[key], marker=marker, color=color, ls="none")
-    for _, marker, name in votes if n > 1 else ():
+    for _, marker, name in votes:
         by_tokens.plot([], [], marker=marker, color="gray", ls="none", label=f"{name} of {n}")
     ticks = [k for k in (2**i for i in range(n.bit_length())) if k <= n]
     ticks += [n] if n not in ticks else []
