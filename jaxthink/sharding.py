@@ -152,7 +152,7 @@ def constrain_cache(cache, mesh: Mesh | None):
     """KV cache: batch on data x fsdp, kv heads on tensor; per-row bookkeeping on batch."""
     if mesh is None:
         return cache
-    kv = NamedSharding(mesh, PartitionSpec(BATCH, None, "tensor", None))
+    kv = NamedSharding(mesh, PartitionSpec(BATCH, "tensor", None, None))
     return cache.replace(
         k=tuple(jax.lax.with_sharding_constraint(x, kv) for x in cache.k),
         v=tuple(jax.lax.with_sharding_constraint(x, kv) for x in cache.v),

@@ -57,7 +57,9 @@ class RMSNorm(nnx.Module):
 
 @struct.dataclass
 class KVCache:
-    """Keys and values per layer [B, S, kv_heads, head_dim] with per-row bookkeeping.
+    """Keys [B, kv_heads, S, head_dim] and values [B, kv_heads, head_dim, S] per layer, with
+    per-row bookkeeping. Each keeps the axis attention contracts over innermost, the layout XLA's
+    dot wants: in another layout every decode step copied every layer's whole cache.
 
     `valid[b, s]` marks written, non-pad slots; `index[b]` is the next slot row b writes;
     `pos[b]` is the RoPE position of row b's next real token.
@@ -75,11 +77,11 @@ class KVCache:
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
-    shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
-    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    k_shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
+    v_shape = (batch, cfg.num_kv_heads, cfg.head_dim, length)
     return KVCache(
-        k=zeros,
-        v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+        k=tuple(jnp.zeros(k_shape, dtype) for _ in range(cfg.num_layers)),
+        v=tuple(jnp.zeros(v_shape, dtype) for _ in range(cfg.num_layers)),
         valid=jnp.zeros((batch, length), bool),
         index=jnp.zeros((batch,), jnp.int32),
         pos=jnp.zeros((batch,), jnp.int32),
@@ -136,21 +138,21 @@ class Attention(nnx.Module):
         """x [B,T,E]; cos_sin from `rotary`; mask [B,T,S] over the keys attended (S = T without
         a cache).
 
-        With `cache_kv` = (k, v) [B,S,K,D], this step's keys and values are written at
-        `write_index[b] + t` and attention reads the whole cache. With `cache_kv` but no
+        With `cache_kv` = (k [B,K,S,D], v [B,K,D,S]), this step's keys and values are written at
+        slot `write_index[b] + t` and attention reads the whole cache. With `cache_kv` but no
         `write_index` the cache is only read: each query attends to the cache slots the mask
         allows and to its own key (T alternatives for one position), and (k, v) come back as given.
         """
         q, k, v = self._project(x, cos_sin)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)  # the cache's layouts
         scale = self.cfg.head_dim**-0.5
         if cache_kv is not None and write_index is None:
             out = _attend_with_self(q, k, v, cache_kv, mask, scale)
             k, v = cache_kv
         else:
             if cache_kv is not None:
-                write = jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice(c, u, (i, 0, 0)))
-                k = write(cache_kv[0], k.astype(cache_kv[0].dtype), write_index)
-                v = write(cache_kv[1], v.astype(cache_kv[1].dtype), write_index)
+                k = _write(cache_kv[0], k, write_index, axis=1)
+                v = _write(cache_kv[1], v, write_index, axis=2)
             out = _attend(q, k, v, mask, scale)
         # As one [B,T,H*D] x [H*D,E] product: the head-merged form keeps XLA from choosing a
         # transposed layout for `o`, which on CPU copied the weight at every decode step.
@@ -161,33 +163,41 @@ class Attention(nnx.Module):
         return out, (k, v)
 
 
+def _write(cache: Array, new: Array, index: Array, axis: int) -> Array:
+    """Row b of `new` written into row b of `cache` from slot index[b] on, along `axis`."""
+    start = lambda i: tuple(i if a == axis else 0 for a in range(cache.ndim - 1))
+    update = lambda c, u, i: jax.lax.dynamic_update_slice(c, u, start(i))
+    return jax.vmap(update)(cache, new.astype(cache.dtype), index)
+
+
 def _attend(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
-    """Grouped-query attention: q [B,T,H,D] against k, v [B,S,K,D] with H = K * groups."""
+    """Grouped-query attention: q [B,T,H,D] against k [B,K,S,D] and v [B,K,D,S], H = K * groups."""
     b, t, h, d = q.shape
-    kv_heads = k.shape[2]
+    kv_heads = k.shape[1]
     q = q.reshape(b, t, kv_heads, h // kv_heads, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype)).astype(jnp.float32) * scale
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(q.dtype)).astype(jnp.float32) * scale
     scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(q.dtype))
+    out = jnp.einsum("bkgts,bkds->btkgd", probs, v.astype(q.dtype))
     return out.reshape(b, t, h, d)
 
 
 def _attend_with_self(q, k_self, v_self, cache_kv, mask, scale: float) -> Array:
     """Attention of q [B,T,H,D] to the cache slots `mask` [B,T,S] allows plus each query's own
-    key/value (k_self, v_self [B,T,K,D]): one softmax over S + 1 scores, the cache unchanged."""
+    key/value (k_self [B,K,T,D], v_self [B,K,D,T]): one softmax over S + 1 scores, the cache
+    unchanged."""
     b, t, h, d = q.shape
     k_cache, v_cache = cache_kv
-    kv_heads = k_cache.shape[2]
+    kv_heads = k_cache.shape[1]
     q = q.reshape(b, t, kv_heads, h // kv_heads, d)
-    to_cache = jnp.einsum("btkgd,bskd->bkgts", q, k_cache.astype(q.dtype))
-    to_self = jnp.einsum("btkgd,btkd->bkgt", q, k_self.astype(q.dtype))[..., None]
+    to_cache = jnp.einsum("btkgd,bksd->bkgts", q, k_cache.astype(q.dtype))
+    to_self = jnp.einsum("btkgd,bktd->bkgt", q, k_self.astype(q.dtype))[..., None]
     scores = jnp.concatenate([to_cache, to_self], axis=-1).astype(jnp.float32) * scale
     allowed = jnp.concatenate([mask, jnp.ones((b, t, 1), bool)], axis=-1)
     scores = jnp.where(allowed[:, None, None, :, :], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs[..., :-1], v_cache.astype(q.dtype))
-    out = out + jnp.einsum("bkgt,btkd->btkgd", probs[..., -1], v_self.astype(q.dtype))
+    out = jnp.einsum("bkgts,bkds->btkgd", probs[..., :-1], v_cache.astype(q.dtype))
+    out = out + jnp.einsum("bkgt,bkdt->btkgd", probs[..., -1], v_self.astype(q.dtype))
     return out.reshape(b, t, h, d)
 
 
