@@ -139,7 +139,8 @@ _BOOKKEEPING_OPS = {"parameter", "get-tuple-element", "tuple", "bitcast", "const
 
 def _while_body_outputs(hlo: str) -> list[tuple[str, str, int]]:
     """(name, opcode, elements of the first array result) of each instruction in the bodies
-    of the while loops of an optimized HLO module."""
+    of the while loops of an optimized HLO module; a fusion's opcode is "fusion:" and the opcode
+    of its root."""
     computations, current = {}, None
     for line in hlo.splitlines():
         head = re.match(r"^(?:ENTRY )?%(\S+) .*\{$", line)
@@ -154,7 +155,12 @@ def _while_body_outputs(hlo: str) -> list[tuple[str, str, int]]:
             m = re.match(r"%(\S+) = \(?\w+\[([\d,]*)\]\S* ([\w\-]+)\(", line)
             if m:
                 dims = [int(d) for d in m.group(2).split(",") if d]
-                out.append((m.group(1), m.group(3), int(np.prod(dims))))
+                op = m.group(3)
+                called = re.search(r"calls=%([\w.\-]+)", line)
+                if op == "fusion" and called:
+                    root = next(x for x in computations[called.group(1)] if x.startswith("ROOT"))
+                    op += ":" + re.match(r"ROOT %\S+ = \S+ ([\w\-]+)\(", root).group(1)
+                out.append((m.group(1), op, int(np.prod(dims))))
     return out
 
 
@@ -180,6 +186,32 @@ def test_decode_loop_writes_nothing_the_size_of_a_weight(tmp_path):
     activations = [x.size for x in jax.tree.leaves(state)]
     assert max(activations) < smallest, "the test needs loop state smaller than any weight"
     large = [(n, op, e) for n, op, e in ops if op not in _BOOKKEEPING_OPS and e >= smallest]
+    assert not large, large
+
+
+def test_decode_loop_writes_the_kv_cache_in_place(tmp_path):
+    """Each step writes its keys and values into the cache where it lies: the only instructions
+    of the loop body that produce an array as large as a layer's cache are the slot updates
+    (with the cache in [B, S, K, D], XLA transposed every layer's whole cache at every step)."""
+    write_tiny_hf(tmp_path)
+    model, _, _ = jaxthink.load(tmp_path, tokenizer=False)
+    graphdef, params = nnx.split(model)
+    b, max_new = len(PROMPTS), 8
+    tokens, valid = sampler.left_pad(PROMPTS, 0)
+    tok = plain_tokens(512)
+    state = sampler.prefill(graphdef, params, tokens, valid, plain_rows(b), max_new, 1)
+    hlo = (
+        sampler.decode.lower(graphdef, params, state, plain_rows(b), tok, greedy(b), jnp.int32(0))
+        .compile()
+        .as_text()
+    )
+    cache = min(x.size for x in (*state.cache.k, *state.cache.v))
+    updates = {"scatter", "dynamic-update-slice"}
+    writes = [(n, op, e) for n, op, e in _while_body_outputs(hlo) if e >= cache]
+    assert sum(op.split(":")[-1] in updates for _, op, _ in writes) == 2 * len(state.cache.k)
+    large = [
+        w for w in writes if w[1] not in _BOOKKEEPING_OPS and w[1].split(":")[-1] not in updates
+    ]
     assert not large, large
 
 
