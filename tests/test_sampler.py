@@ -159,7 +159,7 @@ def _while_body_outputs(hlo: str) -> list[tuple[str, str, int]]:
                 called = re.search(r"calls=%([\w.\-]+)", line)
                 if op == "fusion" and called:
                     root = next(x for x in computations[called.group(1)] if x.startswith("ROOT"))
-                    op += ":" + re.match(r"ROOT %\S+ = \S+ ([\w\-]+)\(", root).group(1)
+                    op += ":" + re.match(r"ROOT %\S+ = .*?\s([\w\-]+)\(", root).group(1)
                 out.append((m.group(1), op, int(np.prod(dims))))
     return out
 
