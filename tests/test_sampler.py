@@ -164,24 +164,27 @@ def _while_body_outputs(hlo: str) -> list[tuple[str, str, int]]:
     return out
 
 
+def _compiled_decode_loop(checkpoint, prompts, max_new: int = 8):
+    """(model, the loop state after prefill, `_while_body_outputs` of the compiled greedy decode
+    loop) for the checkpoint's model on `prompts`."""
+    model, _, _ = jaxthink.load(checkpoint, tokenizer=False)
+    graphdef, params = nnx.split(model)
+    b = len(prompts)
+    tokens, valid = sampler.left_pad(prompts, 0)
+    state = sampler.prefill(graphdef, params, tokens, valid, plain_rows(b), max_new, 1)
+    lowered = sampler.decode.lower(
+        graphdef, params, state, plain_rows(b), plain_tokens(512), greedy(b), jnp.int32(0)
+    )
+    return model, state, _while_body_outputs(lowered.compile().as_text())
+
+
 def test_decode_loop_writes_nothing_the_size_of_a_weight(tmp_path):
     """Each decode step reads the weights where they lie: no instruction in the compiled loop
     body writes an array as large as the smallest weight matrix (XLA once re-laid out the
     attention output weight of every block at every step: 150 MB of traffic per 0.5B token)."""
     write_tiny_hf(tmp_path, hidden_size=128, intermediate_size=256)
-    model, _, _ = jaxthink.load(tmp_path, tokenizer=False)
-    graphdef, params = nnx.split(model)
+    model, state, ops = _compiled_decode_loop(tmp_path, PROMPTS[:1])
     smallest = model.layers[0].attn.k[...].size  # [E, K, D]: the smallest projection
-    b, max_new = 1, 8
-    tokens, valid = sampler.left_pad(PROMPTS[:b], 0)
-    tok = plain_tokens(512)
-    state = sampler.prefill(graphdef, params, tokens, valid, plain_rows(b), max_new, 1)
-    hlo = (
-        sampler.decode.lower(graphdef, params, state, plain_rows(b), tok, greedy(b), jnp.int32(0))
-        .compile()
-        .as_text()
-    )
-    ops = _while_body_outputs(hlo)
     assert sum(op == "dot" for _, op, _ in ops) >= 7 * 2  # both blocks' products run in the body
     activations = [x.size for x in jax.tree.leaves(state)]
     assert max(activations) < smallest, "the test needs loop state smaller than any weight"
@@ -194,20 +197,10 @@ def test_decode_loop_writes_the_kv_cache_in_place(tmp_path):
     of the loop body that produce an array as large as a layer's cache are the slot updates
     (with the cache in [B, S, K, D], XLA transposed every layer's whole cache at every step)."""
     write_tiny_hf(tmp_path)
-    model, _, _ = jaxthink.load(tmp_path, tokenizer=False)
-    graphdef, params = nnx.split(model)
-    b, max_new = len(PROMPTS), 8
-    tokens, valid = sampler.left_pad(PROMPTS, 0)
-    tok = plain_tokens(512)
-    state = sampler.prefill(graphdef, params, tokens, valid, plain_rows(b), max_new, 1)
-    hlo = (
-        sampler.decode.lower(graphdef, params, state, plain_rows(b), tok, greedy(b), jnp.int32(0))
-        .compile()
-        .as_text()
-    )
+    _, state, ops = _compiled_decode_loop(tmp_path, PROMPTS)
     cache = min(x.size for x in (*state.cache.k, *state.cache.v))
     updates = {"scatter", "dynamic-update-slice"}
-    writes = [(n, op, e) for n, op, e in _while_body_outputs(hlo) if e >= cache]
+    writes = [(n, op, e) for n, op, e in ops if e >= cache]
     assert sum(op.split(":")[-1] in updates for _, op, _ in writes) == 2 * len(state.cache.k)
     large = [
         w for w in writes if w[1] not in _BOOKKEEPING_OPS and w[1].split(":")[-1] not in updates
