@@ -43,6 +43,16 @@ def top_p_mask(logits: Array, p: Array) -> Array:
     return jnp.where((p[:, None] < 1.0) & (probs < t[:, None]), _NEG, logits)
 
 
+def first_argmax(x: Array) -> Array:
+    """`jnp.argmax(x, axis=-1)` (the first index of the maximum) as two plain reductions, a max
+    and a min of the indices where it is reached. XLA:CPU runs argmax's paired (value, index)
+    reduction element by element: over a 152k vocabulary it took 1 ms of a 50 ms 0.5B decode step
+    at batch 1 and 6 ms at batch 8, the two reductions a fifth of that."""
+    top = jnp.max(x, axis=-1, keepdims=True)
+    index = jnp.arange(x.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(x == top, index, x.shape[-1] - 1), axis=-1)
+
+
 def choose_tokens(
     logits: Array, keys: Array, step: Array, temperature: Array, top_k: Array, top_p: Array
 ) -> Array:
@@ -51,13 +61,14 @@ def choose_tokens(
     `keys` [B] are per-row PRNG keys and `step` is folded into them, so a row's draw depends on
     neither its batch neighbours nor earlier steps' draws. An all-greedy batch never touches them.
     """
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    greedy = first_argmax(logits)
 
     def sample():
         keys_now = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
         scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
         filtered = top_p_mask(top_k_mask(scaled, top_k), top_p)
-        drawn = jax.vmap(jax.random.categorical)(keys_now, filtered).astype(jnp.int32)
+        gumbel = jax.vmap(lambda k, x: jax.random.gumbel(k, x.shape, x.dtype))(keys_now, filtered)
+        drawn = first_argmax(filtered + gumbel)  # jax.random.categorical's draw, per row key
         return jnp.where(temperature > 0, drawn, greedy)
 
     return jax.lax.cond(jnp.any(temperature > 0), sample, lambda: greedy)
