@@ -149,10 +149,11 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
 
 
 def constrain_cache(cache, mesh: Mesh | None):
-    """KV cache: batch on data x fsdp, kv heads on tensor; per-row bookkeeping on batch."""
+    """KV cache: its (row, kv head) axis on data x fsdp x tensor (rows on data x fsdp, each row's
+    kv heads on tensor); per-row bookkeeping on batch."""
     if mesh is None:
         return cache
-    kv = NamedSharding(mesh, PartitionSpec(BATCH, "tensor", None, None))
+    kv = NamedSharding(mesh, PartitionSpec((*BATCH, "tensor"), None, None))
     return cache.replace(
         k=tuple(jax.lax.with_sharding_constraint(x, kv) for x in cache.k),
         v=tuple(jax.lax.with_sharding_constraint(x, kv) for x in cache.v),

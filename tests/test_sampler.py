@@ -211,12 +211,14 @@ def test_decode_loop_writes_nothing_the_size_of_a_weight(tmp_path):
     assert not large, large
 
 
-def test_decode_loop_writes_the_kv_cache_in_place(tmp_path):
+@pytest.mark.parametrize("rows", [len(PROMPTS), 1])
+def test_decode_loop_writes_the_kv_cache_in_place(tmp_path, rows):
     """Each step writes its keys and values into the cache where it lies: the only instructions
     of the loop body that produce an array as large as a layer's cache are the slot updates
-    (with the cache in [B, S, K, D], XLA transposed every layer's whole cache at every step)."""
+    (with the cache in [B, S, K, D], XLA transposed every layer's whole cache at every step; in
+    [B, K, S, D], a batch-1 step copied it four times)."""
     write_tiny_hf(tmp_path)
-    _, state, ops = _compiled_decode_loop(tmp_path, PROMPTS)
+    _, state, ops = _compiled_decode_loop(tmp_path, PROMPTS[:rows])
     cache = min(x.size for x in (*state.cache.k, *state.cache.v))
     updates = {"scatter", "dynamic-update-slice"}
     writes = [(n, op, e) for n, op, e in ops if e >= cache]

@@ -57,9 +57,11 @@ class RMSNorm(nnx.Module):
 
 @struct.dataclass
 class KVCache:
-    """Keys [B, kv_heads, S, head_dim] and values [B, kv_heads, head_dim, S] per layer, with
-    per-row bookkeeping. Each keeps the axis attention contracts over innermost, the layout XLA's
-    dot wants: in another layout every decode step copied every layer's whole cache.
+    """Keys [B * kv_heads, S, head_dim] and values [B * kv_heads, head_dim, S] per layer (row b's
+    heads at b * kv_heads ...), with per-row bookkeeping. This is the layout XLA's dot wants:
+    the (batch, kv head) pairs as one batch axis, and the axis attention contracts over
+    innermost. With the contracted axis elsewhere, every decode step transposed every layer's
+    whole cache; with batch and heads apart, a batch-1 step copied it four times.
 
     `valid[b, s]` marks written, non-pad slots; `index[b]` is the next slot row b writes;
     `pos[b]` is the RoPE position of row b's next real token.
@@ -77,8 +79,8 @@ class KVCache:
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
-    k_shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
-    v_shape = (batch, cfg.num_kv_heads, cfg.head_dim, length)
+    k_shape = (batch * cfg.num_kv_heads, length, cfg.head_dim)
+    v_shape = (batch * cfg.num_kv_heads, cfg.head_dim, length)
     return KVCache(
         k=tuple(jnp.zeros(k_shape, dtype) for _ in range(cfg.num_layers)),
         v=tuple(jnp.zeros(v_shape, dtype) for _ in range(cfg.num_layers)),
@@ -138,13 +140,13 @@ class Attention(nnx.Module):
         """x [B,T,E]; cos_sin from `rotary`; mask [B,T,S] over the keys attended (S = T without
         a cache).
 
-        With `cache_kv` = (k [B,K,S,D], v [B,K,D,S]), this step's keys and values are written at
+        With `cache_kv` = (k [B*K,S,D], v [B*K,D,S]), this step's keys and values are written at
         slot `write_index[b] + t` and attention reads the whole cache. With `cache_kv` but no
         `write_index` the cache is only read: each query attends to the cache slots the mask
         allows and to its own key (T alternatives for one position), and (k, v) come back as given.
         """
         q, k, v = self._project(x, cos_sin)
-        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)  # the cache's layouts
+        k, v = _merge_rows(k.transpose(0, 2, 1, 3)), _merge_rows(v.transpose(0, 2, 3, 1))
         scale = self.cfg.head_dim**-0.5
         if cache_kv is not None and write_index is None:
             out = _attend_with_self(q, k, v, cache_kv, mask, scale)
@@ -163,42 +165,75 @@ class Attention(nnx.Module):
         return out, (k, v)
 
 
+def _merge_rows(x: Array) -> Array:
+    """[B, K, ...] -> [B * K, ...]: (row, kv head) pairs as one axis, the cache's layout."""
+    return x.reshape(-1, *x.shape[2:])
+
+
 def _write(cache: Array, new: Array, index: Array, axis: int) -> Array:
-    """Row b of `new` written into row b of `cache` from slot index[b] on, along `axis`."""
-    start = lambda i: tuple(i if a == axis else 0 for a in range(cache.ndim - 1))
+    """Row b of `new` written into row b of `cache` from slot index[b] on, along `axis`
+    (both [B * K, ...]; rows b * K ... b * K + K - 1 are row b's)."""
+    b = index.shape[0]
+    start = lambda i: tuple(i if a == axis else 0 for a in range(cache.ndim))
     update = lambda c, u, i: jax.lax.dynamic_update_slice(c, u, start(i))
-    return jax.vmap(update)(cache, new.astype(cache.dtype), index)
+    rows = lambda x: x.reshape(b, -1, *x.shape[1:])
+    return _merge_rows(jax.vmap(update)(rows(cache), rows(new.astype(cache.dtype)), index))
+
+
+def _grouped(q: Array, n: int) -> Array:
+    """q [B,T,H,D] -> [B*K, G*T, D] for n = B*K cache rows: each kv head's query groups and
+    positions, in the cache's row order."""
+    b, t, h, d = q.shape
+    k = n // b
+    q = q.reshape(b, t, k, h // k, d).transpose(0, 2, 3, 1, 4)
+    return q.reshape(n, -1, d)
+
+
+def _ungrouped(out: Array, b: int, t: int) -> Array:
+    """[B*K, G*T, D] -> [B,T,H,D], the inverse of `_grouped`."""
+    n, _, d = out.shape
+    out = out.reshape(b, n // b, -1, t, d).transpose(0, 3, 1, 2, 4)
+    return out.reshape(b, t, -1, d)
+
+
+def _scores_mask(mask: Array, n: int, groups: int) -> Array:
+    """mask [B,T,S] -> [B*K, G*T, S] alongside `_grouped` queries."""
+    b, t, s = mask.shape
+    mask = jnp.broadcast_to(mask[:, None, None], (b, n // b, groups, t, s))
+    return mask.reshape(n, groups * t, s)
 
 
 def _attend(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
-    """Grouped-query attention: q [B,T,H,D] against k [B,K,S,D] and v [B,K,D,S], H = K * groups."""
-    b, t, h, d = q.shape
-    kv_heads = k.shape[1]
-    q = q.reshape(b, t, kv_heads, h // kv_heads, d)
-    scores = jnp.einsum("btkgd,bksd->bkgts", q, k.astype(q.dtype)).astype(jnp.float32) * scale
-    scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
+    """Grouped-query attention: q [B,T,H,D] against k [B*K,S,D] and v [B*K,D,S], H = K * groups."""
+    b, t, h, _ = q.shape
+    n = k.shape[0]
+    qg = _grouped(q, n)
+    scores = jnp.einsum("nsd,nqd->nqs", k.astype(q.dtype), qg).astype(jnp.float32) * scale
+    scores = jnp.where(_scores_mask(mask, n, h * b // n), scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("bkgts,bkds->btkgd", probs, v.astype(q.dtype))
-    return out.reshape(b, t, h, d)
+    return _ungrouped(jnp.einsum("nds,nqs->nqd", v.astype(q.dtype), probs), b, t)
 
 
 def _attend_with_self(q, k_self, v_self, cache_kv, mask, scale: float) -> Array:
     """Attention of q [B,T,H,D] to the cache slots `mask` [B,T,S] allows plus each query's own
-    key/value (k_self [B,K,T,D], v_self [B,K,D,T]): one softmax over S + 1 scores, the cache
+    key/value (k_self [B*K,T,D], v_self [B*K,D,T]): one softmax over S + 1 scores, the cache
     unchanged."""
-    b, t, h, d = q.shape
+    b, t, h, _ = q.shape
     k_cache, v_cache = cache_kv
-    kv_heads = k_cache.shape[1]
-    q = q.reshape(b, t, kv_heads, h // kv_heads, d)
-    to_cache = jnp.einsum("btkgd,bksd->bkgts", q, k_cache.astype(q.dtype))
-    to_self = jnp.einsum("btkgd,bktd->bkgt", q, k_self.astype(q.dtype))[..., None]
+    n = k_cache.shape[0]
+    qg = _grouped(q, n)  # [N, G*T, D]: query (g, t) has its own key at column t of k_self
+    own = jnp.tile(jnp.eye(t, dtype=bool), (1, h * b // n)).T  # [G*T, T]
+    to_cache = jnp.einsum("nsd,nqd->nqs", k_cache.astype(q.dtype), qg)
+    to_self = jnp.einsum("nqd,ntd->nqt", qg, k_self.astype(q.dtype))
+    to_self = jnp.sum(jnp.where(own, to_self, 0.0), axis=-1, keepdims=True)
     scores = jnp.concatenate([to_cache, to_self], axis=-1).astype(jnp.float32) * scale
     allowed = jnp.concatenate([mask, jnp.ones((b, t, 1), bool)], axis=-1)
-    scores = jnp.where(allowed[:, None, None, :, :], scores, _MASKED)
+    scores = jnp.where(_scores_mask(allowed, n, h * b // n), scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("bkgts,bkds->btkgd", probs[..., :-1], v_cache.astype(q.dtype))
-    out = out + jnp.einsum("bkgt,bkdt->btkgd", probs[..., -1], v_self.astype(q.dtype))
-    return out.reshape(b, t, h, d)
+    out = jnp.einsum("nds,nqs->nqd", v_cache.astype(q.dtype), probs[..., :-1])
+    self_probs = jnp.where(own, probs[..., -1:], 0.0)  # [N, G*T, T]
+    out = out + jnp.einsum("nqt,ndt->nqd", self_probs, v_self.astype(q.dtype))
+    return _ungrouped(out, b, t)
 
 
 class MLP(nnx.Module):
