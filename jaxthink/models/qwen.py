@@ -220,20 +220,19 @@ def _attend_with_self(q, k_self, v_self, cache_kv, mask, scale: float) -> Array:
     unchanged."""
     b, t, h, _ = q.shape
     k_cache, v_cache = cache_kv
-    n = k_cache.shape[0]
-    qg = _grouped(q, n)  # [N, G*T, D]: query (g, t) has its own key at column t of k_self
-    own = jnp.tile(jnp.eye(t, dtype=bool), (1, h * b // n)).T  # [G*T, T]
+    n, groups = k_cache.shape[0], h * b // k_cache.shape[0]
+    qg = _grouped(q, n)  # [N, G*T, D]
+    # query (g, t)'s own key and value, in the same [N, G*T, D] order
+    k_own = jnp.tile(k_self, (1, groups, 1)).astype(q.dtype)
+    v_own = jnp.tile(v_self.swapaxes(1, 2), (1, groups, 1)).astype(q.dtype)
     to_cache = jnp.einsum("nsd,nqd->nqs", k_cache.astype(q.dtype), qg)
-    to_self = jnp.einsum("nqd,ntd->nqt", qg, k_self.astype(q.dtype))
-    to_self = jnp.sum(jnp.where(own, to_self, 0.0), axis=-1, keepdims=True)
+    to_self = jnp.sum(qg * k_own, axis=-1, keepdims=True)
     scores = jnp.concatenate([to_cache, to_self], axis=-1).astype(jnp.float32) * scale
     allowed = jnp.concatenate([mask, jnp.ones((b, t, 1), bool)], axis=-1)
-    scores = jnp.where(_scores_mask(allowed, n, h * b // n), scores, _MASKED)
+    scores = jnp.where(_scores_mask(allowed, n, groups), scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     out = jnp.einsum("nds,nqs->nqd", v_cache.astype(q.dtype), probs[..., :-1])
-    self_probs = jnp.where(own, probs[..., -1:], 0.0)  # [N, G*T, T]
-    out = out + jnp.einsum("nqt,ndt->nqd", self_probs, v_self.astype(q.dtype))
-    return _ungrouped(out, b, t)
+    return _ungrouped(out + probs[..., -1:] * v_own, b, t)
 
 
 class MLP(nnx.Module):
