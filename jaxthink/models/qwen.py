@@ -92,11 +92,24 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> 
 
 def rotary(positions: Array, dim: int, theta: float) -> tuple[Array, Array]:
     """(cos, sin) [B, T, 1, D] of the RoPE angles at `positions` [B, T]: computed once per
-    forward pass and shared by every block."""
+    forward pass and shared by every block. The barrier keeps XLA from fusing the cosine and
+    sine into each block's query and key products (forward and backward), where they were
+    recomputed for every head."""
     inv_freq = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-    return jnp.cos(angles), jnp.sin(angles)
+    return jax.lax.optimization_barrier((jnp.cos(angles), jnp.sin(angles)))
+
+
+def dense(x: Array, w: Array, contract: int = 1) -> Array:
+    """x [..., *in] @ w [*in, *out] with `contract` = len(in) axes summed, computed as one 2-D
+    product [tokens, in] x [in, out]. XLA:CPU runs the 3-D form of training ([B, T, E] inputs)
+    at half the speed: its backward pass copies the activations into transposed layouts for the
+    weight gradients (the MLP's forward and backward: 270 ms against 123 ms at 8192 tokens)."""
+    lead, inner = x.shape[: x.ndim - contract], w.shape[contract:]
+    n = int(np.prod(w.shape[:contract]))
+    y = x.reshape(-1, n) @ w.reshape(n, -1)
+    return y.reshape(*lead, *inner)
 
 
 def rope(x: Array, cos_sin: tuple[Array, Array]) -> Array:
@@ -127,9 +140,7 @@ class Attention(nnx.Module):
 
     def _project(self, x: Array, cos_sin) -> tuple[Array, Array, Array]:
         cfg = self.cfg
-        q = jnp.einsum("bte,ehd->bthd", x, self.q[...])
-        k = jnp.einsum("bte,ekd->btkd", x, self.k[...])
-        v = jnp.einsum("bte,ekd->btkd", x, self.v[...])
+        q, k, v = dense(x, self.q[...]), dense(x, self.k[...]), dense(x, self.v[...])
         if cfg.qkv_bias:
             q, k, v = q + self.q_bias[...], k + self.k_bias[...], v + self.v_bias[...]
         if cfg.qk_norm:
@@ -156,10 +167,9 @@ class Attention(nnx.Module):
                 k = _write(cache_kv[0], k, write_index, axis=1)
                 v = _write(cache_kv[1], v, write_index, axis=2)
             out = _attend(q, k, v, mask, scale)
-        # As one [B,T,H*D] x [H*D,E] product: the head-merged form keeps XLA from choosing a
-        # transposed layout for `o`, which on CPU copied the weight at every decode step.
-        b, t, h, d = out.shape
-        out = out.reshape(b, t, h * d) @ self.o[...].reshape(h * d, -1)
+        # With heads merged (one [B*T,H*D] x [H*D,E] product) XLA does not choose a transposed
+        # layout for `o`, which on CPU copied the weight at every decode step.
+        out = dense(out, self.o[...], contract=2)
         if self.cfg.o_bias:
             out = out + self.o_bias[...]
         return out, (k, v)
@@ -243,8 +253,8 @@ class MLP(nnx.Module):
         self.down = _param((m, e), ("mlp", "embed"), dtype, rngs)
 
     def __call__(self, x: Array) -> Array:
-        h = jax.nn.silu(x @ self.gate[...]) * (x @ self.up[...])
-        return h @ self.down[...]
+        h = jax.nn.silu(dense(x, self.gate[...])) * dense(x, self.up[...])
+        return dense(h, self.down[...])
 
 
 class Block(nnx.Module):
@@ -279,10 +289,11 @@ class Qwen(nnx.Module):
         """Next-token logits; `head` [E, V] stands in for the output matrix when given."""
         x = self.final_norm(x)
         if head is not None:
-            return x @ head
-        if self.cfg.tie_word_embeddings:
-            return jnp.einsum("bte,ve->btv", x, self.embed[...])
-        return x @ self.lm_head[...]
+            return dense(x, head)
+        if self.cfg.tie_word_embeddings:  # x [.., E] against embed [V, E], as a 2-D product
+            flat = jnp.einsum("ne,ve->nv", x.reshape(-1, x.shape[-1]), self.embed[...])
+            return flat.reshape(*x.shape[:-1], -1)
+        return dense(x, self.lm_head[...])
 
 
 def positions_from_valid(valid: Array, start: Array | int = 0) -> Array:
