@@ -17,6 +17,12 @@ import grain
 
 from jaxthink.training.config import DataSource
 
+# Records become an iterator in the main thread, in order. grain's default reads ahead with 16
+# threads and polls their futures: with Python-side tokenizing that cost 0.29 s of CPU per demo
+# SFT batch, against 0.08 s in order (the 2 cores are the training step's). Streams that want
+# read-ahead add one thread at the end (sft_data).
+IN_ORDER = grain.ReadOptions(num_threads=0)
+
 FORMATS = (".jsonl", ".json", ".parquet")
 
 
@@ -70,7 +76,7 @@ def prompt_batches(records: list[dict], per_step: int, seed: int) -> grain.IterD
                 f"RL record {i} has keys {sorted(record)}; expected 'prompt' (or 'question') "
                 "and 'answer'"
             )
-    return record_stream(records, seed).batch(per_step, batch_fn=list).to_iter_dataset()
+    return record_stream(records, seed).batch(per_step, batch_fn=list).to_iter_dataset(IN_ORDER)
 
 
 def question_of(record: dict) -> str:

@@ -28,7 +28,7 @@ from jaxthink.tokenizer import (
     thinking_prefix_in_prompt,
     token_id,
 )
-from jaxthink.training.records import record_stream
+from jaxthink.training.records import IN_ORDER, record_stream
 
 
 def responses_of(record: dict, which: str = "both", short_repeats: int = 1) -> list[str]:
@@ -124,7 +124,7 @@ def sft_batches(
     ds = record_stream(pairs, seed, shard).map(
         lambda p: tokenize(tokenizer, p[0], p[1], seq_len, eos, trains_control=p[2])
     )
-    ds = ds.to_iter_dataset().filter(lambda s: s is not None)
+    ds = ds.to_iter_dataset(IN_ORDER).filter(lambda s: s is not None)
     ds = FirstFitPackIterDataset(
         ds,
         length_struct={"tokens": seq_len, "loss": seq_len},
