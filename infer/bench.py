@@ -1,15 +1,15 @@
 """`python -m infer bench`: decode speed of jaxthink next to transformers `generate`, one run.
 
 Both run the same random-weight model (written once in the HF format and loaded by each) on the
-same prompts, fp32 on CPU, after a warm-up. Decode time is a run of N new tokens minus a run of
-one (the prompt's prefill), for both; the table gives decode tokens/s, their ratio, and the
-memory-bandwidth floor (weight bytes / read bandwidth measured in this run) per step.
+same prompts, fp32 on CPU, after a warm-up. Decode time is jaxthink's compiled decode loop alone
+(N steps after the prefill), and for `generate` a run of N new tokens minus a run of one (the
+prefill); each is the best of several runs. The table gives decode tokens/s, their ratio, and
+the memory-bandwidth floor (weight bytes / read bandwidth measured in this run) per step.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import tempfile
 import time
 
@@ -71,14 +71,26 @@ def _seconds(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _best_of(fn, repeats: int) -> float:
-    return min(_seconds(fn) for _ in range(repeats))
+def _rounds(repeats: int, min_seconds: float = 0.0):
+    """Round numbers: at least `repeats`, and on until `min_seconds` have passed, so that a fast
+    run (the tiny model's 4 ms) is the best of many and a slow one the best of `repeats`."""
+    start, i = time.perf_counter(), 0
+    while i < repeats or time.perf_counter() - start < min_seconds:
+        yield i
+        i += 1
 
 
-def _time_jaxthink(graphdef, params, prompts, new_tokens, row_sets, tok, repeats) -> list[float]:
-    """Seconds of the decode steps alone for each set of policy rows: a run of `new_tokens` minus
-    a run of one token, each the best of `repeats`. The sets are timed in alternation, so a slow
-    spell of this shared machine falls on all of them alike."""
+def _best_of(fn, repeats: int, min_seconds: float = 0.0) -> float:
+    return min(_seconds(fn) for _ in _rounds(repeats, min_seconds))
+
+
+def _time_jaxthink(
+    graphdef, params, prompts, new_tokens, row_sets, tok, repeats, min_seconds
+) -> tuple[list[float], list[float]]:
+    """Seconds per decode step for each set of policy rows: the compiled decode loop alone over
+    `new_tokens` steps (its prefill run before the clock starts), the best of the rounds; and
+    each set's time relative to the first set's, the median over the rounds. The sets are timed
+    in alternation within a round, so a slow spell of this shared machine falls on them alike."""
     from jaxthink.decode import sampler
 
     b = len(prompts)
@@ -86,19 +98,22 @@ def _time_jaxthink(graphdef, params, prompts, new_tokens, row_sets, tok, repeats
         temperature=jnp.zeros((b,)), top_k=jnp.zeros((b,), jnp.int32),
         top_p=jnp.ones((b,)), keys=jax.random.split(jax.random.key(0), b),
     )  # fmt: skip
-    runs = [
-        functools.partial(sampler.sample, graphdef, params, prompts, rows, tok, sampling)
-        for rows in row_sets
-    ]
-    for run in runs:
-        run(1), run(new_tokens)  # warm-up: compiles prefill and decode
-    best = {}
-    for _ in range(repeats):
-        for i, run in enumerate(runs):
-            for k in (1, new_tokens):
-                seconds = _seconds(functools.partial(run, k))
-                best[i, k] = min(best.get((i, k), float("inf")), seconds)
-    return [best[i, new_tokens] - best[i, 1] for i in range(len(runs))]
+    tokens, valid = sampler.left_pad(prompts, 0)
+    width = tok.end_seq.shape[0]
+
+    def decode_seconds(rows) -> float:
+        state = sampler.prefill(graphdef, params, tokens, valid, rows, new_tokens, width)
+        jax.block_until_ready(state)
+        run = lambda: sampler.decode(graphdef, params, state, rows, tok, sampling, jnp.int32(0))
+        return _seconds(lambda: jax.block_until_ready(run()))
+
+    for rows in row_sets:
+        decode_seconds(rows)  # warm-up: compiles prefill and decode
+    times = np.array(
+        [[decode_seconds(rows) for rows in row_sets] for _ in _rounds(repeats, min_seconds)]
+    )
+    relative = np.median(times / times[:, :1], axis=0)
+    return list(times.min(axis=0) / new_tokens), list(relative)
 
 
 def hf_greedy(model, prompts: list[list[int]], new_tokens: int):
@@ -119,10 +134,12 @@ def hf_greedy(model, prompts: list[list[int]], new_tokens: int):
     return out[:, width:].numpy()
 
 
-def _time_transformers(model, prompts, new_tokens, repeats) -> float:
+def _time_transformers(model, prompts, new_tokens, repeats, min_seconds) -> float:
+    """Seconds per decode step of `generate`: a run of `new_tokens` minus a run of one (the
+    prefill), each the best of the rounds, over the `new_tokens - 1` steps between."""
     hf_greedy(model, prompts, 8)  # warm-up
-    run = lambda k: hf_greedy(model, prompts, k)
-    return _best_of(lambda: run(new_tokens), repeats) - _best_of(lambda: run(1), repeats)
+    best = lambda k: _best_of(lambda: hf_greedy(model, prompts, k), repeats, min_seconds)
+    return (best(new_tokens) - best(1)) / (new_tokens - 1)
 
 
 def _mode_rows(b: int, kind: str):
@@ -152,7 +169,9 @@ def _bench_tokens(vocab: int):
     )  # fmt: skip
 
 
-def run(shapes, batches, new_tokens: int, prompt_len: int, repeats: int) -> list[dict]:
+def run(
+    shapes, batches, new_tokens: int, prompt_len: int, repeats: int, min_seconds: float = 0.0
+) -> list[dict]:
     import torch
     from flax import nnx
 
@@ -173,19 +192,18 @@ def run(shapes, batches, new_tokens: int, prompt_len: int, repeats: int) -> list
         for b in batches:
             prompts = _prompts(b, prompt_len, cfg.vocab_size)
             row_sets = [_mode_rows(b, kind) for kind in ("greedy", "mixed")]
-            ours, mixed = _time_jaxthink(
-                graphdef, params, prompts, new_tokens, row_sets, tok, repeats
+            (ours, _), (_, mixed) = _time_jaxthink(
+                graphdef, params, prompts, new_tokens, row_sets, tok, repeats, min_seconds
             )
-            theirs = _time_transformers(hf, prompts, new_tokens, repeats)
+            theirs = _time_transformers(hf, prompts, new_tokens, repeats, min_seconds)
             floor_ms = weight_bytes / (bandwidth * 1e9) * 1e3
-            steps = new_tokens - 1  # decode steps after the first token (which prefill gives)
             rows.append(
                 dict(
                     model=shape, batch=b, params_m=cfg.num_params / 1e6,
-                    jaxthink_tok_s=b * steps / ours, transformers_tok_s=b * steps / theirs,
-                    speedup=theirs / ours, ms_per_step=ours / steps * 1e3,
-                    floor_ms=floor_ms, vs_floor=ours / steps * 1e3 / floor_ms,
-                    mixed_overhead=mixed / ours - 1,
+                    jaxthink_tok_s=b / ours, transformers_tok_s=b / theirs,
+                    speedup=theirs / ours, ms_per_step=ours * 1e3,
+                    floor_ms=floor_ms, vs_floor=ours * 1e3 / floor_ms,
+                    mixed_overhead=mixed - 1,
                 )
             )  # fmt: skip
             print(_format_row(rows[-1]), flush=True)
@@ -212,7 +230,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", action="append", type=int, help="default: 1 and 8")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--prompt-len", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3, help="best of this many timed runs")
+    p.add_argument("--repeats", type=int, default=3, help="best of at least this many timed runs")
+    p.add_argument(
+        "--min-seconds", type=float, default=2.0,
+        help="and of as many more as fit in this many seconds per timing",
+    )  # fmt: skip
     args = p.parse_args(argv)
     shapes, batches = args.shape or list(SHAPES), args.batch or [1, 8]
-    run(shapes, batches, args.new_tokens, args.prompt_len, args.repeats)
+    run(shapes, batches, args.new_tokens, args.prompt_len, args.repeats, args.min_seconds)

@@ -1,6 +1,7 @@
 """The compiled sampler against transformers `generate`, and its sampling rules."""
 
 import re
+import time
 
 import jax
 import jax.numpy as jnp
@@ -233,9 +234,18 @@ def test_bench_prints_one_row_per_model_and_batch(capsys):
     """`python -m infer bench` runs end to end (a smoke test: speed belongs to the printout)."""
     from infer import bench
 
-    bench.main(["--shape", "tiny", "--batch", "2", "--new-tokens", "6", "--repeats", "1"])
+    argv = ["--shape", "tiny", "--batch", "2", "--new-tokens", "6", "--repeats", "1"]
+    bench.main([*argv, "--min-seconds", "0"])
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| tiny")]
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[1] == "2" and len(cells) == 9
     assert all(np.isfinite(float(c.rstrip("x%"))) for c in cells[2:])
+
+
+def test_bench_rounds_run_at_least_repeats_and_fill_min_seconds():
+    from infer.bench import _rounds
+
+    assert list(_rounds(3)) == [0, 1, 2]
+    start, count = time.perf_counter(), len(list(_rounds(1, min_seconds=0.05)))
+    assert count > 1 and time.perf_counter() - start >= 0.05
