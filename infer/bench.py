@@ -98,12 +98,11 @@ def _time_jaxthink(
         temperature=jnp.zeros((b,)), top_k=jnp.zeros((b,), jnp.int32),
         top_p=jnp.ones((b,)), keys=jax.random.split(jax.random.key(0), b),
     )  # fmt: skip
-    tokens, valid = sampler.left_pad(prompts, 0)
-    width = tok.end_seq.shape[0]
 
     def decode_seconds(rows) -> float:
-        state = sampler.prefill(graphdef, params, tokens, valid, rows, new_tokens, width)
-        jax.block_until_ready(state)
+        state = jax.block_until_ready(
+            sampler.start(graphdef, params, prompts, rows, tok, new_tokens)
+        )
         run = lambda: sampler.decode(graphdef, params, state, rows, tok, sampling, jnp.int32(0))
         return _seconds(lambda: jax.block_until_ready(run()))
 

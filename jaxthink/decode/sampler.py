@@ -188,6 +188,30 @@ def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.n
     return tokens, valid
 
 
+def start(
+    graphdef,
+    params,
+    prompt_ids: list[list[int]],
+    pparams: PolicyParams,
+    tok: PolicyTokens,
+    max_new_tokens: int,
+    pad_id: int = 0,
+) -> LoopState:
+    """The decode loop's first state for a batch of token-id prompts: left-padded, placed on the
+    parameters' mesh and prefilled."""
+    mesh = mesh_of(params)
+    multiple = batch_size_multiple(mesh)
+    if len(prompt_ids) % multiple:
+        raise ValueError(
+            f"{len(prompt_ids)} rows do not split over the mesh's data x fsdp = {multiple} devices"
+        )
+    tokens, valid = left_pad(prompt_ids, pad_id)
+    if mesh is not None:
+        tokens, valid = (jax.device_put(x, batch_sharding(mesh, 2)) for x in (tokens, valid))
+    queue_width = tok.end_seq.shape[0]
+    return prefill(graphdef, params, tokens, valid, pparams, max_new_tokens, queue_width, mesh)
+
+
 def sample(
     graphdef,
     params,
@@ -199,16 +223,7 @@ def sample(
     pad_id: int = 0,
 ) -> LoopState:
     """Prefill + decode for a batch of token-id prompts; returns the final loop state on host."""
+    state = start(graphdef, params, prompt_ids, pparams, tok, max_new_tokens, pad_id)
     mesh = mesh_of(params)
-    multiple = batch_size_multiple(mesh)
-    if len(prompt_ids) % multiple:
-        raise ValueError(
-            f"{len(prompt_ids)} rows do not split over the mesh's data x fsdp = {multiple} devices"
-        )
-    tokens, valid = left_pad(prompt_ids, pad_id)
-    if mesh is not None:
-        tokens, valid = (jax.device_put(x, batch_sharding(mesh, 2)) for x in (tokens, valid))
-    queue_width = tok.end_seq.shape[0]
-    state = prefill(graphdef, params, tokens, valid, pparams, max_new_tokens, queue_width, mesh)
     state = decode(graphdef, params, state, pparams, tok, sampling, jnp.int32(pad_id), mesh)
     return to_host(state.replace(cache=None, logits=None))  # gathered across hosts if need be
