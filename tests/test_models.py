@@ -7,6 +7,7 @@ from safetensors.numpy import load_file
 
 import jaxthink
 from jaxthink.models import forward, forward_cached, init_cache
+from jaxthink.models.qwen import with_projections_out_in
 from tests.hf_models import write_tiny_hf
 
 # (family, overrides) covering: bias, qk-norm, head_dim != hidden/heads, GQA 1/2/7, tying, theta.
@@ -105,6 +106,24 @@ def test_prefill_last_only_returns_final_position(variant):
     full, _ = forward_cached(model, tokens, valid, init_cache(cfg, 3, 16))
     last, _ = forward_cached(model, tokens, valid, init_cache(cfg, 3, 16), last_only=True)
     np.testing.assert_allclose(np.asarray(last)[:, 0], np.asarray(full)[:, -1], atol=1e-6)
+
+
+def test_projections_out_in_compute_the_same_logits(variant):
+    """The [out, in] layout of the decode loop at batch 1 is the same function: full forward and
+    a cached step agree, and the model it was made from is untouched."""
+    _, _, model, cfg = variant
+    weights = {n: getattr(model.layers[0].attn, n)[...] for n in "qkvo"}
+    moved = with_projections_out_in(model)
+    assert moved.layers[0].attn.q.shape == (*weights["q"].shape[1:], weights["q"].shape[0])
+    assert moved.layers[0].attn.o.shape == (weights["o"].shape[2], *weights["o"].shape[:2])
+    tokens, valid = left_padded_batch(LENGTHS, cfg.vocab_size)
+    full = np.asarray(forward(model, tokens, valid))
+    assert np.abs(np.asarray(forward(moved, tokens, valid))[valid] - full[valid]).max() < 1e-5
+    _, cache = forward_cached(model, tokens[:1], valid[:1], init_cache(cfg, 1, 16))
+    step = lambda m: np.asarray(forward_cached(m, tokens[:1, :1], valid[:1, :1], cache)[0])
+    np.testing.assert_allclose(step(moved), step(model), atol=1e-5)
+    assert all(getattr(model.layers[0].attn, n)[...] is w for n, w in weights.items())
+    assert not model.layers[0].attn.out_in and not model.layers[0].mlp.out_in
 
 
 def test_round_trip_is_bit_identical(variant, tmp_path):

@@ -50,16 +50,21 @@ def greedy(b, seed=0, temperature=0.0, top_k=0, top_p=1.0):
     )
 
 
-@pytest.mark.parametrize("family, tied", [("qwen2", False), ("qwen3", False), ("qwen2", True)])
-def test_greedy_equals_transformers_generate(family, tied, tmp_path):
+@pytest.mark.parametrize(
+    "family, tied, rows",
+    [("qwen2", False, 3), ("qwen3", False, 3), ("qwen2", True, 3), ("qwen2", False, 1),
+     ("qwen3", True, 1)],
+)  # fmt: skip
+def test_greedy_equals_transformers_generate(family, tied, rows, tmp_path):
+    """At batch 1 the decode loop runs on the [out, in] weights of `for_decoding`."""
     hf = write_tiny_hf(tmp_path, family, tie_word_embeddings=tied)
     model, _, _ = jaxthink.load(tmp_path, tokenizer=False)
     graphdef, params = nnx.split(model)
-    b = len(PROMPTS)
+    prompts = PROMPTS[:rows]
     state = sampler.sample(
-        graphdef, params, PROMPTS, plain_rows(b), plain_tokens(512), greedy(b), 64
+        graphdef, params, prompts, plain_rows(rows), plain_tokens(512), greedy(rows), 64
     )
-    np.testing.assert_array_equal(state.tokens, hf_greedy(hf, PROMPTS, 64))
+    np.testing.assert_array_equal(state.tokens, hf_greedy(hf, prompts, 64))
     assert (state.finish == sampler.LENGTH).all() and (state.lengths == 64).all()
 
 
@@ -186,15 +191,16 @@ def _while_body_outputs(hlo: str) -> list[tuple[str, str, int]]:
 
 def _compiled_decode_loop(checkpoint, prompts, max_new: int = 8):
     """(model, the loop state after prefill, `_while_body_outputs` of the compiled greedy decode
-    loop) for the checkpoint's model on `prompts`."""
+    loop, on the weights `for_decoding` gives) for the checkpoint's model on `prompts`."""
     model, _, _ = jaxthink.load(checkpoint, tokenizer=False)
     graphdef, params = nnx.split(model)
     b = len(prompts)
     tokens, valid = sampler.left_pad(prompts, 0)
     state = sampler.prefill(graphdef, params, tokens, valid, plain_rows(b), max_new, 1)
     lowered = sampler.decode.lower(
-        graphdef, params, state, plain_rows(b), plain_tokens(512), greedy(b), jnp.int32(0)
-    )
+        *sampler.for_decoding(graphdef, params, b), state, plain_rows(b), plain_tokens(512),
+        greedy(b), jnp.int32(0),
+    )  # fmt: skip
     return model, state, _while_body_outputs(lowered.compile().as_text())
 
 
@@ -228,6 +234,21 @@ def test_decode_loop_writes_the_kv_cache_in_place(tmp_path, rows):
         w for w in writes if w[1] not in _BOOKKEEPING_OPS and w[1].split(":")[-1] not in updates
     ]
     assert not large, large
+
+
+def test_decode_weights_are_out_in_at_batch_one_only(tiny):
+    """`for_decoding` lays the block weights out [out, in] for a single row on CPU (a copy; the
+    model's own stay [in, out]) and leaves them as they are for more rows."""
+    graphdef, params = tiny
+    model = nnx.merge(graphdef, params)
+    single = nnx.merge(*sampler.for_decoding(graphdef, params, 1))
+    for moved, block in zip(single.layers, model.layers, strict=True):
+        assert moved.attn.out_in and moved.mlp.out_in and not block.mlp.out_in
+        np.testing.assert_array_equal(moved.mlp.down[...], block.mlp.down[...].T)
+        np.testing.assert_array_equal(moved.attn.q[...], block.attn.q[...].transpose(1, 2, 0))
+        np.testing.assert_array_equal(moved.attn.o[...], block.attn.o[...].transpose(2, 0, 1))
+    assert single.embed[...] is model.embed[...]
+    assert sampler.for_decoding(graphdef, params, 2) == (graphdef, params)
 
 
 def test_bench_prints_one_row_per_model_and_batch(capsys):

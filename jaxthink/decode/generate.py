@@ -172,13 +172,15 @@ def generate(
     rows = len(encoded)
     multiple = batch_size_multiple(mesh_of(params))
     batch_size = batch_size or rows
+    # one layout for the decode loops of all batches, made once (a copy of the weights at batch 1)
+    decoding = sampler.for_decoding(graphdef, params, min(batch_size, rows))
     results: list[Generation] = []
     for start in range(0, rows, batch_size):
         idx = list(range(start, min(start + batch_size, rows)))
         filler = [idx[-1]] * (-len(idx) % multiple)  # rows split evenly over the mesh's batch axes
         results += _run_batch(
-            graphdef, params, tokenizer, req, encoded, idx + filler, tok, max_new_tokens,
-            (temperature, top_k, top_p, seed, n),
+            (graphdef, params), decoding, tokenizer, req, encoded, idx + filler, tok,
+            max_new_tokens, (temperature, top_k, top_p, seed, n),
         )[: len(idx)]  # fmt: skip
         if progress is not None:
             progress(len(idx))
@@ -195,7 +197,7 @@ def row_key(seed: int | Sequence[int], prompt: int, sample: int) -> jax.Array:
     return jax.random.fold_in(base, sample)
 
 
-def _run_batch(graphdef, params, tokenizer, req, encoded, idx, tok, max_new, sampling_args):
+def _run_batch(model, decoding, tokenizer, req, encoded, idx, tok, max_new, sampling_args):
     temperature, top_k, top_p, seed, n = sampling_args
     b = len(idx)
     setups = [req.setups[i] for i in idx]
@@ -216,7 +218,7 @@ def _run_batch(graphdef, params, tokenizer, req, encoded, idx, tok, max_new, sam
     t0 = time.perf_counter()
     pad_id = tokenizer.pad_token_id or 0
     state = sampler.sample(
-        graphdef, params, [encoded[i] for i in idx], pparams, tok, sampling, max_new, pad_id
+        *model, [encoded[i] for i in idx], pparams, tok, sampling, max_new, pad_id, decoding
     )
     out = (
         state.tokens,
