@@ -151,7 +151,8 @@ def generate(
     Rows of one batch may mix modes and budgets. `chat=False` uses the prompts as already-formatted
     text. Results come in prompt order, the n samples of a prompt next to each other.
     `seed` is one seed, or one per prompt; sample j of prompt p draws from its own key, so it
-    does not depend on batching or on the other prompts.
+    does not depend on batching or on the other prompts. With one row per batch on CPU, the
+    decode loop runs on a copy of the block weights laid out for it (`sampler.for_decoding`).
     """
     opts = options or ModeOptions.for_model(getattr(model, "cfg", None))
     if max_new_tokens < 1:
