@@ -4,8 +4,9 @@ Both run the same random-weight model (written once in the HF format and loaded 
 same prompts, fp32 on CPU, after a warm-up. Decode time is jaxthink's compiled decode loop alone
 (N steps after the prefill, on the weights as `generate` lays them out for the batch, once per
 call: the time that takes is printed), and for `generate` a run of N new tokens minus a run of
-one (the prefill); each is the best of several runs. The table gives decode tokens/s, their ratio, and
-the memory-bandwidth floor (weight bytes / read bandwidth measured in this run) per step.
+one (the prefill); each is the best of several runs. The table gives decode tokens/s, their
+ratio, and the memory-bandwidth floor (weight bytes / read bandwidth measured in this run) per
+step.
 """
 
 from __future__ import annotations
