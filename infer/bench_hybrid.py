@@ -95,16 +95,21 @@ def warm_reference(thinking, base, steering, prompt_len: int, new_tokens: int) -
 
 
 def bench(args) -> dict:
+    from flax import nnx
+
     from jaxthink.decode.hybrid import DEFAULT_COEFFICIENTS, run_hybrid
     from jaxthink.decode.hybrid_reference import hybrid_reference
+    from jaxthink.decode.sampler import for_decoding
 
     thinking, base, cfg = make_pair(args.shape, args.base_noise)
     steering = random_steering(cfg, args.latents, args.vector_norm)
     prompt = np.random.default_rng(1).integers(10, cfg.vocab_size, args.prompt_len).tolist()
     coefficients = DEFAULT_COEFFICIENTS
+    # laid out once, outside the timing, as `hybrid_generate` does once per call
+    thinking_decoding = jax.block_until_ready(for_decoding(*nnx.split(thinking), 1))
     run = lambda: run_hybrid(
         thinking, base, [prompt], [prompt], steering, coefficients=coefficients,
-        max_new_tokens=args.new_tokens, eos_ids=(),
+        max_new_tokens=args.new_tokens, eos_ids=(), thinking_decoding=thinking_decoding,
     )  # fmt: skip
     cached_state = run()  # warm-up: compiles prefill and the loop
     cached = _best_of(run, args.repeats)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxthink.decode import hybrid
 from jaxthink.decode.hybrid import TRACE_COUNT, choose, hybrid_generate, run_hybrid
 from jaxthink.decode.hybrid_reference import hybrid_reference
 from jaxthink.models import Qwen
@@ -144,6 +145,59 @@ def test_generate_front_end(pair, tmp_path):
         assert g.text == tokenizer.decode(
             g.token_ids[:-1] if g.finish_reason == "eos" else g.token_ids
         )
+
+
+def spy_layouts(monkeypatch) -> list:
+    """Records (thinking, base) `out_in` of every compiled-loop call's weights."""
+    layouts, decode = [], hybrid.decode
+
+    def spy(think_def, think_params, base_def, base_params, *args):
+        out_in = lambda d, p: nnx.merge(d, p).layers[0].mlp.out_in
+        layouts.append((out_in(think_def, think_params), out_in(base_def, base_params)))
+        return decode(think_def, think_params, base_def, base_params, *args)
+
+    monkeypatch.setattr(hybrid, "decode", spy)
+    return layouts
+
+
+def test_one_row_runs_the_thinking_model_on_its_decoding_layout(pair, monkeypatch):
+    """At batch 1 the loop runs the thinking model on `for_decoding`'s [out, in] weights and the
+    base model on its own (its candidates pass has a row per coefficient), and still gives the
+    uncached algorithm's tokens."""
+    thinking, base, tokenizer = pair
+    layouts = spy_layouts(monkeypatch)
+    steering, row = random_steering(), prompts(tokenizer)[1]
+    state = run_hybrid(
+        thinking, base, [row], [row], steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
+        eos_ids=(1,),
+    )  # fmt: skip
+    ref = hybrid_reference(
+        thinking, base, row, row, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
+        eos_ids=(1,), key=jax.random.fold_in(jax.random.key(0), 0),
+    )  # fmt: skip
+    assert layouts == [(True, False)]
+    n = int(state.lengths[0])
+    assert state.tokens[0, :n].tolist() == ref.tokens
+    assert state.coefficient[0, :n].tolist() == ref.coefficients
+    assert len(set(ref.coefficients) - {-1}) > 1  # the candidates pass ran and mattered
+
+
+def test_generate_lays_the_thinking_model_out_once_per_call(pair, monkeypatch):
+    """One prompt per batch: one `for_decoding` copy serves every batch, and the results are the
+    ones a single batch of all prompts gives."""
+    thinking, base, tokenizer = pair
+    steering = random_steering()
+    run = lambda batch_size: hybrid_generate(
+        thinking, base, tokenizer, list(QUESTIONS), steering, coefficients=COEFFICIENTS,
+        max_new_tokens=NEW, batch_size=batch_size,
+    )  # fmt: skip
+    together = run(None)
+    calls, for_decoding = [], hybrid.for_decoding
+    monkeypatch.setattr(hybrid, "for_decoding", lambda *a: calls.append(a[-1]) or for_decoding(*a))
+    layouts = spy_layouts(monkeypatch)
+    alone = run(1)
+    assert calls == [1] and layouts == [(True, False)] * len(QUESTIONS)
+    assert [g.token_ids for g in alone] == [g.token_ids for g in together]
 
 
 def test_mismatched_models_and_files_are_refused(pair):

@@ -18,7 +18,9 @@ the SAE block) and to the base model unsteered (capturing the steering block), b
 to their caches. Only when some row's greedy tokens differ does the step also finish the base
 model's pass C more ways: the captured residual stream plus c_j * (bias + v_k), through the
 blocks after the steering block, as C alternatives for the same position (`forward_alternatives`,
-which reads the cache without writing) - all coefficients in one call.
+which reads the cache without writing) - all coefficients in one call. At batch 1 on CPU the
+thinking model decodes on its weights laid out for a single row (`sampler.for_decoding`); the
+base model keeps its own, which its C-row candidates pass runs faster on.
 `jaxthink.decode.hybrid_reference` is the uncached algorithm, kept as the specification this loop
 must reproduce token for token.
 """
@@ -36,7 +38,13 @@ import numpy as np
 from flax import nnx, struct
 
 from jaxthink.decode.generate import Generation, row_key
-from jaxthink.decode.sampler import left_pad, output_matrix, params_dtype, self_certainty
+from jaxthink.decode.sampler import (
+    for_decoding,
+    left_pad,
+    output_matrix,
+    params_dtype,
+    self_certainty,
+)
 from jaxthink.models.qwen import Steering, forward_alternatives, forward_cached, init_cache
 from jaxthink.steer.sae import SAEParams, preactivations
 from jaxthink.steer.sentences import center_and_normalize
@@ -237,11 +245,14 @@ def run_hybrid(
     thinking, base, think_prompts: list[list[int]], base_prompts: list[list[int]],
     steering: SteeringVectors, *, coefficients=DEFAULT_COEFFICIENTS, max_new_tokens: int,
     eos_ids: Sequence[int], ablation: str = "none", keys: Array | None = None, pad_id: int = 0,
+    thinking_decoding=None,
 ) -> HybridState:  # fmt: skip
     """The cached hybrid on token-id prompts (one list per row, for each model); host arrays.
 
     `keys` [B] are the rows' PRNG keys for the random-latent ablation (default: row r draws from
-    fold_in(key(0), r)). No checks here beyond shapes: `hybrid_generate` validates a request.
+    fold_in(key(0), r)). The loop runs the thinking model on `thinking_decoding` = (graphdef,
+    params) if given, else on `for_decoding`'s. No checks here beyond shapes: `hybrid_generate`
+    validates a request.
     """
     think_def, think_params = nnx.split(thinking)
     base_def, base_params = nnx.split(base)
@@ -256,8 +267,11 @@ def run_hybrid(
         think_def, think_params, base_def, base_params, left_pad(think_prompts, pad_id),
         left_pad(base_prompts, pad_id), max_new_tokens,
     )  # fmt: skip
+    thinking_decoding = thinking_decoding or for_decoding(
+        think_def, think_params, len(think_prompts)
+    )
     state = decode(
-        think_def, think_params, base_def, base_params, state, hp, eos, jnp.int32(pad_id),
+        *thinking_decoding, base_def, base_params, state, hp, eos, jnp.int32(pad_id),
         steering.sae_layer, steering.layer,
     )  # fmt: skip
     return jax.device_get(state.replace(think_cache=None, base_cache=None))
@@ -349,7 +363,8 @@ def hybrid_generate(
     followed by `prefill_text`, by default the thinking model's opening of a thinking block
     (`thinking_opening`). `ablation`: "none", "bias_only" or "random_latent", whose draws for
     prompt p come from `seed` (one, or one per prompt) as `jaxthink.generate` keys its samples.
-    Results come in prompt order; `steered_fraction` is the share of steered tokens.
+    Results come in prompt order; `steered_fraction` is the share of steered tokens. The thinking
+    model's decoding layout (`sampler.for_decoding`) is made once per call, for all batches.
     """
     base_tokenizer = base_tokenizer or tokenizer
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -380,6 +395,7 @@ def hybrid_generate(
     control = control_tokens(tokenizer)
     pad_id = base_tokenizer.pad_token_id or 0
     batch_size = batch_size or len(prompts)
+    thinking_decoding = for_decoding(*nnx.split(model), min(batch_size, len(prompts)))
     results: list[HybridGeneration] = []
     for start in range(0, len(prompts), batch_size):
         rows = list(range(start, min(start + batch_size, len(prompts))))
@@ -389,6 +405,7 @@ def hybrid_generate(
             [encoded["base"][r] for r in rows], steering, coefficients=coefficients,
             max_new_tokens=max_new_tokens, eos_ids=control.eos, ablation=ablation,
             keys=jnp.stack([row_key(seed, r, 0) for r in rows]), pad_id=pad_id,
+            thinking_decoding=thinking_decoding,
         )  # fmt: skip
         seconds = time.perf_counter() - t0
         for i, r in enumerate(rows):
