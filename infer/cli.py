@@ -44,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: 1024 (demo: 320)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64, help="rows decoded together")
+    p.add_argument(
+        "--slots", "--batch-size", type=int, default=None, dest="slots",
+        help="decode slots: rows decoded together, refilled from the queue as rows end "
+        "(default: one per sample, within a quarter of the device's memory, at most 64 on CPU)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per sample on stdout")
     p.add_argument("--out", help="output directory for an evaluation (--data)")
     own = "default: the checkpoint's mode_options, else"
@@ -126,6 +130,10 @@ def main(argv: list[str] | None = None) -> None:
         from infer.bench_hybrid import main as bench_hybrid
 
         return bench_hybrid(argv[1:])
+    if argv[:1] == ["bench-slots"]:
+        from infer.bench_slots import main as bench_slots
+
+        return bench_slots(argv[1:])
     args = parse_args(argv)
     try:
         _main(args)
@@ -163,28 +171,27 @@ def demo_examples() -> list[str]:
     return ["4821*10", "482*100", "739215+8", "4821+967", "23*47", "4821*36"]
 
 
+def settings_of(args, max_new: int):
+    """The command line's `GenerateConfig` (checked: a bad value is refused before compiling)."""
+    from jaxthink.decode.generate import GenerateConfig
+
+    return GenerateConfig(
+        n=args.n, max_new_tokens=max_new, temperature=args.temperature, top_p=args.top_p,
+        top_k=args.top_k, seed=args.seed, slots=args.slots,
+    )  # fmt: skip
+
+
 def run(args, model, tokenizer, prompts: list[str], max_new: int) -> None:
     import jaxthink
 
-    progress = (
-        _progress_bar(len(prompts) * args.n) if len(prompts) * args.n > args.batch_size else None
-    )
+    settings = settings_of(args, max_new)
+    many = len(prompts) * args.n > (args.slots or 64)
+    progress = _progress_bar(len(prompts) * args.n) if many else None
     t0 = time.perf_counter()
     results = jaxthink.generate(
-        model,
-        tokenizer,
-        prompts,
-        args.modes[0],
-        n=args.n,
-        max_new_tokens=max_new,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        seed=args.seed,
-        options=args.options,
-        batch_size=args.batch_size,
+        model, tokenizer, prompts, args.modes[0], settings, options=args.options,
         progress=progress.update if progress else None,
-    )
+    )  # fmt: skip
     if progress:
         progress.close()
     for g in results:

@@ -9,9 +9,11 @@ graded, so a killed run loses at most the problem in flight; rerunning the same 
 file and generates only what is missing. When every sample is there, report.py writes
 summary.json, summary.md, pass_at_k.png and pareto.png.
 
-Reproducibility. The n samples of a problem under a mode come from one `generate` call whose seed
-is derived from (seed, problem id); `generate` keys row j by fold_in(key(seed), j) and the batch
-holds exactly those n rows, so sample j is the same however the work was split into runs. Every
+Every (mode, problem) is one request to the continuous-batching engine (all modes and problems in
+one run, each problem's lines written when its last sample ends). Reproducibility: a problem's
+seed is derived from (seed, problem id) and sample j draws from fold_in(key(that seed), j),
+whatever its slot or neighbours, so sample j is the same however the work was split into runs.
+Every
 mode uses the same derived seed (common random numbers: modes are compared on the same noise, and
 a budget sweep's runs share their first thinking tokens). DIR/run.json records the settings that
 decide the samples; resuming with different ones is refused rather than mixing two runs.
@@ -30,7 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from infer import report
-from jaxthink.decode.generate import Generation, generate
+from infer.cli import settings_of
+from jaxthink.decode.generate import GenerateConfig, Generation, settings_from, stream
 from jaxthink.eval import Problem, Verdict, grade_many, load_problems
 from jaxthink.policies import Mode, ModeOptions, parse_modes
 
@@ -46,45 +49,35 @@ def evaluate(
     tokenizer,
     problems: Sequence[Problem],
     modes: str | Mode | Sequence[str | Mode],
+    settings: GenerateConfig | None = None,
     *,
-    n: int = 1,
     out_dir: str | Path,
-    max_new_tokens: int = 512,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    seed: int = 0,
     options: ModeOptions | None = None,
-    batch_size: int | None = None,
     progress: bool = True,
     info: dict | None = None,
     generate_fn=None,
+    **fields,
 ) -> dict:
     """Samples, grades and summarises every mode on every problem; returns the summary.
 
-    `modes` are Modes or mode strings (a string may sweep: `think_budget=128,256`). Outputs go to
-    `out_dir` (see the module docstring); an `out_dir` holding an interrupted run is resumed.
-    `info` (e.g. the data and model paths) is recorded in run.json and the summary.
-    `generate_fn` stands in for `jaxthink.generate` if given (the hybrid decode passes its own).
+    `modes` are Modes or mode strings (a string may sweep: `think_budget=128,256`). `settings`
+    is a `GenerateConfig` (or its fields as keywords: n, max_new_tokens, temperature, ...; `seed`
+    is one seed, from which each problem's is derived). Outputs go to `out_dir` (see the module
+    docstring); an `out_dir` holding an interrupted run is resumed. `info` (e.g. the data and
+    model paths) is recorded in run.json and the summary. `generate_fn` stands in for
+    `jaxthink.generate` if given (the hybrid decode passes its own).
     """
     modes = _as_modes(modes)
     _check_problems(problems)
-    if n < 1:
-        raise ValueError(f"n={n}: the number of samples per problem must be at least 1")
+    settings = settings_from(settings, fields)
+    n, seed = settings.n, settings.seed
     options = options or ModeOptions.for_model(model.cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "n": n,
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-        "top_p": top_p,
-        "top_k": top_k,
-        "seed": seed,
-        "options": dataclasses.asdict(options),
-    }
+    recorded = {name: getattr(settings, name) for name in SAMPLE_SETTINGS if name != "options"}
+    recorded["options"] = dataclasses.asdict(options)
     with _sole_writer(out):
-        run = _claim_run(out / RUN_JSON, settings, info or {})
+        run = _claim_run(out / RUN_JSON, recorded, info or {})
         samples_path = out / SAMPLES_JSONL
         done = read_samples(samples_path)
         _check_same_problems(samples_path, done, problems)
@@ -94,20 +87,19 @@ def evaluate(
             for problem in problems
             if (missing := [j for j in range(n) if (str(mode), problem.id, j) not in done])
         ]
-        sampling = dict(
-            n=n,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            options=options,
-            batch_size=batch_size,
-        )
         total = len(modes) * len(problems) * n
         with _progress_bar(total, sum(len(m) for _, _, m in todo), progress) as bar:
-            for chunk in _chunks(todo, max(1, (batch_size or 64) // n)):
-                bar.set_description(str(chunk[0][0]), refresh=False)
-                rows = _sample_problems(model, tokenizer, chunk, seed, sampling, generate_fn)
+            if not todo:
+                finished = iter(())
+            elif generate_fn is None:
+                finished = _stream_problems(model, tokenizer, todo, seed, settings, options)
+            else:
+                finished = (
+                    _sample_problems(model, tokenizer, chunk, seed, settings, options, generate_fn)
+                    for chunk in _chunks(todo, max(1, (settings.slots or 64) // n))
+                )
+            for rows in finished:
+                bar.set_description(rows[0]["mode"], refresh=False)
                 _append(samples_path, rows)
                 done.update({_key(row): row for row in rows})
                 bar.update(len(rows))
@@ -139,10 +131,8 @@ def evaluate_cli(args, model, tokenizer, max_new: int, generate_fn=None) -> None
     info = {"data": str(args.data), "model": args.model or "demo"}
     try:
         summary = evaluate(
-            model, tokenizer, problems, args.modes,
-            n=args.n, out_dir=args.out, max_new_tokens=max_new, temperature=args.temperature,
-            top_p=args.top_p, top_k=args.top_k, seed=args.seed, options=args.options,
-            batch_size=args.batch_size, info=info, generate_fn=generate_fn,
+            model, tokenizer, problems, args.modes, settings_of(args, max_new), out_dir=args.out,
+            options=args.options, info=info, generate_fn=generate_fn,
         )  # fmt: skip
     except KeyboardInterrupt:
         sys.exit(f"interrupted: finished samples are in {Path(args.out) / SAMPLES_JSONL}; rerun "
@@ -176,29 +166,56 @@ def _chunks(todo: list, size: int) -> list[list]:
     return chunks
 
 
-def _sample_problems(model, tokenizer, chunk, seed, sampling, generate_fn=None) -> list[dict]:
-    """The rows of the missing samples of a few problems under one mode, from one batch.
+def _stream_problems(model, tokenizer, todo, seed, settings, options):
+    """The rows of each problem's missing samples (all modes in one engine run), graded, as soon
+    as the last of them ends. Sample j of a problem draws from the problem's own seed (see
+    `problem_seed`), so a resumed run writes the same samples as an uninterrupted one."""
+    seeds = [problem_seed(seed, problem.id) for _, problem, _ in todo]
+    left = [len(missing) for _, _, missing in todo]
+    generated: dict[int, dict[int, Generation]] = {i: {} for i in range(len(todo))}
+    samples = stream(
+        model, tokenizer, [problem.question for _, problem, _ in todo], [m for m, _, _ in todo],
+        settings.replace(seed=tuple(seeds)), options=options,
+        samples=[missing for _, _, missing in todo],
+    )  # fmt: skip
+    for i, j, g in samples:
+        generated[i][j] = g
+        left[i] -= 1
+        if not left[i]:
+            mode, problem, missing = todo[i]
+            got = generated.pop(i)
+            yield _graded(mode, [(problem, j, seeds[i], got[j]) for j in missing])
 
-    All n samples of each problem are generated (each from its own key, see `problem_seed`),
-    so a resumed run writes the same samples as an uninterrupted one.
-    """
+
+def _sample_problems(model, tokenizer, chunk, seed, settings, options, generate_fn) -> list[dict]:
+    """The rows of the missing samples of a few problems under one mode, from one call of
+    `generate_fn` (a `jaxthink.generate`-shaped function: the hybrid decode's)."""
     mode = chunk[0][0]
     problems = [problem for _, problem, _ in chunk]
     seeds = [problem_seed(seed, p.id) for p in problems]
     try:
-        generations = (generate_fn or generate)(
-            model, tokenizer, [p.question for p in problems], mode, seed=seeds, progress=None,
-            **sampling,
+        generations = generate_fn(
+            model, tokenizer, [p.question for p in problems], mode, n=settings.n,
+            max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+            top_p=settings.top_p, top_k=settings.top_k, seed=seeds, options=options,
+            batch_size=settings.slots, progress=None,
         )  # fmt: skip
     except ValueError as error:
         ids = ", ".join(repr(p.id) for p in problems)
         raise ValueError(f"problems {ids} ({mode}): {error}") from None
-    n = sampling["n"]
-    picked = [
-        (problem, j, s, generations[i * n + j])
-        for i, ((_, problem, missing), s) in enumerate(zip(chunk, seeds, strict=True))
-        for j in missing
-    ]
+    n = settings.n
+    return _graded(
+        mode,
+        [
+            (problem, j, s, generations[i * n + j])
+            for i, ((_, problem, missing), s) in enumerate(zip(chunk, seeds, strict=True))
+            for j in missing
+        ],
+    )
+
+
+def _graded(mode, picked: list) -> list[dict]:
+    """samples.jsonl rows of (problem, sample index, seed, Generation) items, graded."""
     verdicts = grade_many([g.text for *_, g in picked], [p.answer for p, *_ in picked])
     return [
         sample_row(mode, problem, j, s, g, v)

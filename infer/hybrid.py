@@ -101,7 +101,7 @@ def run_cli(args, model, tokenizer, prompts: list[str], max_new: int) -> None:
     t0 = time.perf_counter()
     results = generate(
         model, tokenizer, prompts, "hybrid", max_new_tokens=max_new, seed=args.seed,
-        batch_size=args.batch_size,
+        batch_size=args.slots,
     )  # fmt: skip
     for g in results:
         if args.json:

@@ -146,7 +146,8 @@ def test_truncated_thinking_is_wrong_even_with_the_right_answer():
 
     def gen(text, ids, mode):
         return Generation(
-            prompt="1+1", text=text, thinking="", answer="", mode="thinkless", chosen_mode=mode,
+            prompt="1+1", prompt_ids=[7], text=text, thinking="", answer="", mode="thinkless",
+            chosen_mode=mode,
             token_ids=ids, logprobs=[], num_thinking_tokens=0, num_answer_tokens=0,
             num_tokens=len(ids), confidence=0.0, finish_reason="length", budget_forced=False,
             seconds=0.0,

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from jaxthink.decode import sampler
-from jaxthink.decode.sampler import FINISH_REASONS, Sampling
+from jaxthink.decode import engine
+from jaxthink.decode.sampler import FINISH_REASONS
+from jaxthink.decode.sampling import check_sampling
 from jaxthink.policies.modes import ANSWER, THINK, Mode, ModeOptions, parse_mode, row_setup
-from jaxthink.policies.policy import PolicyParams, PolicyTokens
-from jaxthink.sharding import batch_size_multiple, mesh_of
+from jaxthink.policies.policy import PolicyTokens
 from jaxthink.tokenizer import (
     control_tokens,
     encode_prompts,
@@ -35,6 +33,7 @@ class Generation:
     """One generated sample."""
 
     prompt: str
+    prompt_ids: list[int]  # the prompt as the model saw it: template, mode prefill and all
     text: str  # the whole response, control tokens and `</think>` included
     thinking: str
     answer: str
@@ -48,7 +47,7 @@ class Generation:
     confidence: float  # self-certainty, mean over the response tokens
     finish_reason: str  # "eos", "stop" or "length"
     budget_forced: bool  # budget forcing closed the thinking
-    seconds: float  # wall time of the batch this sample ran in
+    seconds: float  # from the sample's start in a decode slot to its end
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -128,122 +127,165 @@ def policy_tokens(tokenizer, opts: ModeOptions, vocab_size: int, stop_ids=()) ->
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    """How to sample: the one settings object that the CLI, `generate`, evaluation and RL
+    rollouts pass on. `seed` is one seed or one per prompt; `slots` is the number of decode
+    slots (None: as many as the samples, within the memory budget; see `jaxthink.decode.engine`)."""
+
+    n: int = 1
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | tuple[int, ...] = 0
+    slots: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.seed, list):
+            object.__setattr__(self, "seed", tuple(self.seed))
+        self.check()
+
+    def check(self) -> None:
+        """Refuses bad values before anything compiles, naming the value and what is accepted."""
+        if self.n < 1:
+            raise ValueError(f"n={self.n}: the number of samples per prompt must be at least 1")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens}: must be at least 1")
+        check_sampling(self.temperature, self.top_p, self.top_k)
+        if self.slots is not None:
+            engine.check_slots(self.slots)
+
+    def replace(self, **fields) -> GenerateConfig:
+        return dataclasses.replace(self, **fields)
+
+
+def settings_from(settings: GenerateConfig | None, fields: dict) -> GenerateConfig:
+    """`settings` (default: GenerateConfig()) with the keyword fields given to `generate`
+    (`batch_size` is the former name of `slots`)."""
+    if "batch_size" in fields:
+        fields["slots"] = fields.pop("batch_size")
+    known = {f.name for f in dataclasses.fields(GenerateConfig)}
+    if unknown := sorted(set(fields) - known):
+        raise TypeError(f"unknown generate settings {unknown}; accepted: {sorted(known)}")
+    return dataclasses.replace(settings or GenerateConfig(), **fields)
+
+
+def stream(
+    model,
+    tokenizer,
+    prompts: str | Sequence[str],
+    mode: str | Mode | Sequence[str | Mode] = "think",
+    settings: GenerateConfig | None = None,
+    *,
+    options: ModeOptions | None = None,
+    stop_tokens: Sequence[int] = (),
+    chat: bool = True,
+    samples: Sequence[Sequence[int]] | None = None,
+) -> Iterator[tuple[int, int, Generation]]:
+    """(prompt index, sample index, Generation) of every sample, as each ends.
+
+    `samples` gives the sample indices wanted per prompt (default: 0..n-1 for each): sample j of
+    prompt p is the same whichever others are asked for, since it draws from its own key.
+    """
+    settings = settings or GenerateConfig()
+    opts = options or ModeOptions.for_model(getattr(model, "cfg", None))
+    req = prepare(tokenizer, prompts, mode, 1, opts, chat)
+    seed, n, count = settings.seed, settings.n, len(req.prompts)
+    if isinstance(seed, Sequence) and len(seed) != count:
+        raise ValueError(f"seed: got {len(seed)} seeds for {count} prompts")
+    if samples is not None and len(samples) != count:
+        raise ValueError(f"samples: got {len(samples)} lists for {count} prompts")
+    encoded = encode_prompts(tokenizer, req.prompts)
+    cfg = model.cfg
+    for i, ids in enumerate(encoded):
+        if len(ids) + settings.max_new_tokens > cfg.max_position_embeddings:
+            raise ValueError(
+                f"prompt {i} has {len(ids)} tokens; with max_new_tokens={settings.max_new_tokens} "
+                f"it does not fit the model's context of {cfg.max_position_embeddings} tokens"
+            )
+    requests = [
+        engine.Request(
+            prompt=ids,
+            key=prompt_key(seed, p),
+            mode=tuple(
+                getattr(setup, f) for f in ("phase", "control", "budget", "grace", "extend")
+            ),
+            temperature=settings.temperature,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            max_new_tokens=settings.max_new_tokens,
+            samples=tuple(range(n) if samples is None else samples[p]),
+        )
+        for p, (ids, setup) in enumerate(zip(encoded, req.setups, strict=True))
+    ]
+    tok = policy_tokens(tokenizer, opts, cfg.vocab_size, stop_tokens)
+    ends_row = np.asarray(tok.eos) | np.asarray(tok.stop)
+    end_think = int(tok.end_think)
+    runner = engine.Engine(model, tokenizer.pad_token_id or 0)
+    for sample in runner.run(requests, tok, settings.slots):
+        p = sample.request
+        g = _to_generation(tokenizer, req.questions[p], encoded[p], req.modes[p], sample, ends_row,
+                           end_think)  # fmt: skip
+        yield p, sample.index, g
+
+
 def generate(
     model,
     tokenizer,
     prompts: str | Sequence[str],
     mode: str | Mode | Sequence[str | Mode] = "think",
+    settings: GenerateConfig | None = None,
     *,
-    n: int = 1,
-    max_new_tokens: int = 512,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    seed: int | Sequence[int] = 0,
     options: ModeOptions | None = None,
     stop_tokens: Sequence[int] = (),
-    batch_size: int | None = None,
     chat: bool = True,
     progress=None,
+    **fields,
 ) -> list[Generation]:
     """Generates `n` samples for each prompt; `mode` is one mode or one per prompt.
 
-    Rows of one batch may mix modes and budgets. `chat=False` uses the prompts as already-formatted
-    text. Results come in prompt order, the n samples of a prompt next to each other.
-    `seed` is one seed, or one per prompt; sample j of prompt p draws from its own key, so it
-    does not depend on batching or on the other prompts. With one row per batch on CPU, the
-    decode loop runs on a copy of the block weights laid out for it (`sampler.for_decoding`).
+    The settings are a `GenerateConfig`, or its fields as keywords (`n`, `max_new_tokens`,
+    `temperature`, `top_p`, `top_k`, `seed`, `slots`), which override it. Rows may mix modes and
+    budgets; they run through the continuous-batching engine (`jaxthink.decode.engine`).
+    `chat=False` uses the prompts as already-formatted text. Results come in prompt order, the n
+    samples of a prompt next to each other. Sample j of prompt p draws from its own key, so it
+    depends neither on the slots nor on the other prompts. `progress(k)` is called as k samples
+    end.
     """
-    opts = options or ModeOptions.for_model(getattr(model, "cfg", None))
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens}: must be at least 1")
-    req = prepare(tokenizer, prompts, mode, n, opts, chat)
-    if isinstance(seed, Sequence) and len(seed) * n != len(req.prompts):
-        raise ValueError(f"seed: got {len(seed)} seeds for {len(req.prompts) // n} prompts")
-    encoded = encode_prompts(tokenizer, req.prompts)
-    cfg = model.cfg
-    for i, ids in enumerate(encoded):
-        if len(ids) + max_new_tokens > cfg.max_position_embeddings:
-            raise ValueError(
-                f"prompt {i // n} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} it "
-                f"does not fit the model's context of {cfg.max_position_embeddings} tokens"
-            )
-    graphdef, params = nnx.split(model)
-    tok = policy_tokens(tokenizer, opts, cfg.vocab_size, stop_tokens)
-    rows = len(encoded)
-    multiple = batch_size_multiple(mesh_of(params))
-    batch_size = batch_size or rows
-    # one layout for the decode loops of all batches, made once (a copy of the weights at batch 1)
-    decoding = sampler.for_decoding(graphdef, params, min(batch_size, rows))
-    results: list[Generation] = []
-    for start in range(0, rows, batch_size):
-        idx = list(range(start, min(start + batch_size, rows)))
-        filler = [idx[-1]] * (-len(idx) % multiple)  # rows split evenly over the mesh's batch axes
-        results += _run_batch(
-            (graphdef, params), decoding, tokenizer, req, encoded, idx + filler, tok,
-            max_new_tokens, (temperature, top_k, top_p, seed, n),
-        )[: len(idx)]  # fmt: skip
+    settings = settings_from(settings, fields)
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    n = settings.n
+    results: list[Generation | None] = [None] * (len(prompts) * n)
+    for p, j, g in stream(
+        model, tokenizer, prompts, mode, settings, options=options, stop_tokens=stop_tokens,
+        chat=chat,
+    ):  # fmt: skip
+        results[p * n + j] = g
         if progress is not None:
-            progress(len(idx))
+            progress(1)
     return results
+
+
+def prompt_key(seed: int | Sequence[int], prompt: int) -> jax.Array:
+    """The PRNG key of prompt `prompt`: key(seed[prompt]) for per-prompt seeds, else
+    fold_in(key(seed), prompt). Sample j draws from fold_in(this, j)."""
+    if isinstance(seed, Sequence):
+        return jax.random.key(seed[prompt])
+    return jax.random.fold_in(jax.random.key(seed), prompt)
 
 
 def row_key(seed: int | Sequence[int], prompt: int, sample: int) -> jax.Array:
     """The PRNG key of sample `sample` of prompt `prompt`."""
-    base = (
-        jax.random.key(seed[prompt])
-        if isinstance(seed, Sequence)
-        else jax.random.fold_in(jax.random.key(seed), prompt)
-    )
-    return jax.random.fold_in(base, sample)
+    return jax.random.fold_in(prompt_key(seed, prompt), sample)
 
 
-def _run_batch(model, decoding, tokenizer, req, encoded, idx, tok, max_new, sampling_args):
-    temperature, top_k, top_p, seed, n = sampling_args
-    b = len(idx)
-    setups = [req.setups[i] for i in idx]
-    column = lambda field: jnp.array([getattr(s, field) for s in setups], jnp.int32)
-    pparams = PolicyParams(
-        phase=column("phase"),
-        control=column("control"),
-        budget=column("budget"),
-        grace=column("grace"),
-        extend=column("extend"),
-    )
-    sampling = Sampling(
-        temperature=jnp.full((b,), temperature, jnp.float32),
-        top_k=jnp.full((b,), top_k, jnp.int32),
-        top_p=jnp.full((b,), top_p, jnp.float32),
-        keys=jnp.stack([row_key(seed, i // n, i % n) for i in idx]),
-    )
-    t0 = time.perf_counter()
-    pad_id = tokenizer.pad_token_id or 0
-    state = sampler.sample(
-        *model, [encoded[i] for i in idx], pparams, tok, sampling, max_new, pad_id, decoding
-    )
-    out = (
-        state.tokens,
-        state.logprobs,
-        state.phases,
-        state.finish,
-        state.certainty_sum,
-        state.lengths,
-    )
-    pstate = state.policy
-    seconds = time.perf_counter() - t0
-    ends_row = np.asarray(tok.eos) | np.asarray(tok.stop)  # tokens that end a row, once per batch
-    end_think = int(tok.end_think)
-    return [
-        _to_generation(tokenizer, req, i, r, out, pstate, ends_row, end_think, seconds)
-        for r, i in enumerate(idx)
-    ]
-
-
-def _to_generation(tokenizer, req, i, r, out, pstate, ends_row, end_think, seconds) -> Generation:
-    tokens, logprobs, phases, finish, certainty, lengths = out
-    reason, length = int(finish[r]), int(lengths[r])
-    ids = tokens[r, :length].tolist()
-    ph = phases[r, :length]
+def _to_generation(
+    tokenizer, question, prompt_ids, mode, sample, ends_row, end_think
+) -> Generation:
+    ids = sample.tokens.tolist()
+    ph = sample.phases
     ends = ends_row[ids] if ids else np.zeros(0, bool)
     think_ids = [
         t for t, p, e in zip(ids, ph, ends, strict=True) if p == THINK and t != end_think and not e
@@ -251,20 +293,22 @@ def _to_generation(tokenizer, req, i, r, out, pstate, ends_row, end_think, secon
     answer_ids = [t for t, p, e in zip(ids, ph, ends, strict=True) if p == ANSWER and not e]
     decode = lambda x: tokenizer.decode(x, skip_special_tokens=False)
     content = ids[:-1] if (ids and ends[-1]) else ids
+    length = len(ids)
     return Generation(
-        prompt=req.questions[i],
+        prompt=question,
+        prompt_ids=list(prompt_ids),
         text=decode(content),
         thinking=decode(think_ids),
         answer=decode(answer_ids),
-        mode=str(req.modes[i]),
-        chosen_mode="think" if bool(pstate.thought[r]) else "short",
+        mode=str(mode),
+        chosen_mode="think" if sample.thought else "short",
         token_ids=ids,
-        logprobs=[float(x) for x in logprobs[r, :length]],
-        num_thinking_tokens=int(pstate.think_count[r]),
-        num_answer_tokens=int(pstate.answer_count[r]),
+        logprobs=[float(x) for x in sample.logprobs],
+        num_thinking_tokens=int(sample.think_count),
+        num_answer_tokens=int(sample.answer_count),
         num_tokens=length,
-        confidence=float(certainty[r]) / max(length, 1),
-        finish_reason=FINISH_REASONS.get(reason, "length"),
-        budget_forced=bool(pstate.forced_end[r]),
-        seconds=seconds,
+        confidence=float(sample.certainty_sum) / max(length, 1),
+        finish_reason=FINISH_REASONS.get(sample.finish, "length"),
+        budget_forced=bool(sample.forced_end),
+        seconds=sample.seconds,
     )

@@ -410,14 +410,23 @@ def hybrid_generate(
         seconds = time.perf_counter() - t0
         for i, r in enumerate(rows):
             results.append(
-                _to_generation(base_tokenizer, prompts[r], state, i, control, coefficients, seconds)
+                _to_generation(
+                    base_tokenizer,
+                    prompts[r],
+                    encoded["base"][r],
+                    state,
+                    i,
+                    control,
+                    coefficients,
+                    seconds,
+                )  # fmt: skip
             )
         if progress is not None:
             progress(len(rows))
     return results
 
 
-def _to_generation(tokenizer, prompt, state, i, control, coefficients, seconds):
+def _to_generation(tokenizer, prompt, prompt_ids, state, i, control, coefficients, seconds):
     length = int(state.lengths[i])
     ids = state.tokens[i, :length].tolist()
     ended = bool(ids) and ids[-1] in control.eos
@@ -428,6 +437,7 @@ def _to_generation(tokenizer, prompt, state, i, control, coefficients, seconds):
     chosen = state.coefficient[i, :length].tolist()
     return HybridGeneration(
         prompt=prompt,
+        prompt_ids=list(prompt_ids),  # the base model's, whose tokens are emitted
         text=decode(content),
         thinking=decode(content[:split]),
         answer=decode(content[split + 1 :]),

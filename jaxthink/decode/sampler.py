@@ -30,7 +30,7 @@ RUNNING, EOS, STOP, LENGTH = 0, 1, 2, 3
 FINISH_REASONS = {EOS: "eos", STOP: "stop", LENGTH: "length"}
 
 # Trace counters: tests use them to check that changing only numbers does not recompile.
-TRACE_COUNT = {"prefill": 0, "decode": 0}
+TRACE_COUNT = {"prefill": 0, "insert": 0, "decode": 0}
 
 
 @struct.dataclass
@@ -45,29 +45,42 @@ class Sampling:
 
 @struct.dataclass
 class LoopState:
-    step: Array  # scalar int32: tokens generated so far
+    """The decode loop's carry: B rows, each with its own settings, step count and buffers, so a
+    row may start (a slot taking a new request) or end at any step."""
+
     cache: KVCache
     logits: Array  # [B, V] next-token logits
-    tokens: Array  # [B, N] generated tokens (pad after a row ends)
+    tokens: Array  # [B, N] generated tokens; row b's t-th token at column t
     logprobs: Array  # [B, N] log-prob of each token under the sampling temperature
     phases: Array  # [B, N] int8 phase each token was emitted in
-    done: Array  # [B] bool
-    lengths: Array  # [B] tokens generated per row
+    done: Array  # [B] bool: ended (or a free slot)
+    lengths: Array  # [B] tokens generated per row: the row's own step count
     finish: Array  # [B] int32 RUNNING / EOS / STOP / LENGTH
     certainty_sum: Array  # [B] sum of per-token self-certainty
     policy: PolicyState
+    pparams: PolicyParams  # [B] the rows' modes
+    sampling: Sampling  # [B] the rows' sampling settings and keys
+    max_new: Array  # [B] int32: tokens a row may generate (at most N)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "queue_width", "mesh"))
 def prefill(graphdef, params, tokens, valid, pparams, max_new: int, queue_width: int, mesh=None):
-    """Runs the left-padded prompts into a fresh cache; returns the decode loop's first state."""
+    """Runs the left-padded prompts into a fresh cache; returns the decode loop's first state
+    (its `sampling` still to be set: `decode` does it)."""
     TRACE_COUNT["prefill"] += 1
     model = nnx.merge(graphdef, params)
     cache_length = tokens.shape[1] + max_new
     cache = init_cache(model.cfg, tokens.shape[0], cache_length, params_dtype(params))
     cache = constrain_cache(cache, mesh)
     logits, cache = forward_cached(model, tokens, valid, cache, last_only=True)
-    return init_loop(logits[:, 0].astype(jnp.float32), cache, pparams, queue_width, max_new)
+    b = tokens.shape[0]
+    unset = Sampling(jnp.zeros((b,)), jnp.zeros((b,), jnp.int32), jnp.ones((b,)), _zero_keys(b))
+    state = init_loop(logits[:, 0].astype(jnp.float32), cache, pparams, queue_width, max_new)
+    return state.replace(sampling=unset, max_new=jnp.full((b,), max_new, jnp.int32))
+
+
+def _zero_keys(b: int) -> Array:
+    return jax.vmap(jax.random.key)(jnp.zeros((b,), jnp.uint32))
 
 
 def params_dtype(params) -> jnp.dtype:
@@ -75,9 +88,10 @@ def params_dtype(params) -> jnp.dtype:
 
 
 def init_loop(logits, cache, pparams: PolicyParams, queue_width: int, max_new: int) -> LoopState:
+    """The first state of rows whose prompts are in `cache`: nothing generated yet; `sampling`
+    and `max_new` are left for the caller to set."""
     b = logits.shape[0]
     return LoopState(
-        step=jnp.zeros((), jnp.int32),
         cache=cache,
         logits=logits,
         tokens=jnp.zeros((b, max_new), jnp.int32),
@@ -88,6 +102,9 @@ def init_loop(logits, cache, pparams: PolicyParams, queue_width: int, max_new: i
         finish=jnp.zeros((b,), jnp.int32),
         certainty_sum=jnp.zeros((b,), jnp.float32),
         policy=policy.init_state(pparams, queue_width),
+        pparams=pparams,
+        sampling=None,
+        max_new=None,
     )
 
 
@@ -102,7 +119,7 @@ def output_matrix(model, batch: int) -> Array | None:
     """A transposed copy of a tied embedding for the decode loop's logits, on CPU at batch > 1.
 
     XLA:CPU multiplies a few rows by a [V, E] matrix's transpose about twice as slowly as by an
-    [E, V] matrix; one copy per generate call (outside the loop) buys that back every step.
+    [E, V] matrix; one copy per compiled loop call (outside the loop) buys that back every step.
     """
     if not model.cfg.tie_word_embeddings or batch == 1 or jax.default_backend() != "cpu":
         return None
@@ -111,9 +128,8 @@ def output_matrix(model, batch: int) -> Array | None:
 
 def for_decoding(graphdef, params, batch: int):
     """The (graphdef, params) the decode loop runs on for `batch` rows. On one CPU device at batch
-    1, the blocks' projection weights transposed to [out, in] (`with_projections_out_in`: a copy of
-    them, held while generating and made once per `generate` call; a decode step of a 0.5B model
-    takes 15% less time); otherwise the model as it is."""
+    1, the blocks' projection weights transposed to [out, in] (`with_projections_out_in`: a copy
+    of them, which `Engine` makes once and keeps); otherwise the model as it is."""
     if batch != 1 or jax.default_backend() != "cpu" or mesh_of(params) is not None:
         return graphdef, params
     return nnx.split(with_projections_out_in(nnx.merge(graphdef, params)))
@@ -124,6 +140,66 @@ def token_logprob(logits: Array, token: Array, temperature: Array) -> Array:
     temp = jnp.where(temperature > 0, temperature, 1.0)[:, None]
     chosen = jnp.take_along_axis(logits, token[:, None], axis=1)
     return (chosen / temp - jax.nn.logsumexp(logits / temp, axis=-1, keepdims=True))[:, 0]
+
+
+def step(model, head, s: LoopState, tok: PolicyTokens, pad_id: Array, mesh=None) -> LoopState:
+    """One token for every running row: mask -> choose -> policy -> record -> forward. A row's
+    draw is keyed by (its key, its own step count), never by its place in the batch."""
+    active = ~s.done
+    sampling, pparams = s.sampling, s.pparams
+    masked = policy.mask_logits(s.logits, s.policy, pparams, tok)
+    keys = jax.vmap(jax.random.fold_in)(sampling.keys, s.lengths)
+    sampled = choose_tokens(masked, keys, 0, sampling.temperature, sampling.top_k, sampling.top_p)
+    phase_before = s.policy.phase
+    token, pstate = policy.step(sampled, s.policy, pparams, tok, active)
+    token = jnp.where(active, token, pad_id)
+
+    token_logp = token_logprob(s.logits, token, sampling.temperature)
+    ended_eos, ended_stop = tok.eos[token] & active, tok.stop[token] & active
+    full = s.lengths + 1 >= s.max_new
+    finish = jnp.select(
+        [~active, ended_eos, ended_stop, full], [s.finish, EOS, STOP, LENGTH], RUNNING
+    )
+    col = jnp.where(active, s.lengths, s.tokens.shape[1])  # an ended row writes nothing
+    record = lambda buffer, x: buffer.at[jnp.arange(col.shape[0]), col].set(x, mode="drop")
+    logits, cache = forward_cached(model, token[:, None], active[:, None], s.cache, head=head)
+    return s.replace(
+        cache=constrain_cache(cache, mesh),
+        logits=logits[:, 0].astype(jnp.float32),
+        tokens=record(s.tokens, token),
+        logprobs=record(s.logprobs, token_logp),
+        phases=record(s.phases, phase_before.astype(jnp.int8)),
+        done=s.done | (finish != RUNNING),
+        lengths=s.lengths + active,
+        finish=finish,
+        certainty_sum=s.certainty_sum + jnp.where(active, self_certainty(s.logits), 0.0),
+        policy=pstate,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mesh"), donate_argnames=("state",))
+def run_steps(graphdef, params, state: LoopState, tok, pad_id, max_steps, until_one_ends, mesh=None):
+    """Decodes until every row has ended, or `max_steps` steps have run, or (with
+    `until_one_ends`) a row that was running has ended: the slot engine then refills it. Both
+    limits are traced values, so changing them never recompiles. Returns (steps run, state)."""
+    TRACE_COUNT["decode"] += 1
+    return _loop(nnx.merge(graphdef, params), state, tok, pad_id, max_steps, until_one_ends, mesh)
+
+
+def _loop(model, state: LoopState, tok, pad_id, max_steps, until_one_ends, mesh):
+    head = output_matrix(model, state.tokens.shape[0])
+    running = ~state.done
+
+    def cond(carry):
+        i, s = carry
+        one_ended = jnp.any(running & s.done)
+        return (i < max_steps) & ~jnp.all(s.done) & ~(until_one_ends & one_ended)
+
+    def body(carry):
+        i, s = carry
+        return i + 1, step(model, head, s, tok, pad_id, mesh)
+
+    return jax.lax.while_loop(cond, body, (jnp.int32(0), state))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mesh"), donate_argnames=("state",))
@@ -137,59 +213,22 @@ def decode(
     pad_id: Array,
     mesh=None,
 ) -> LoopState:
-    """Generates until every row has ended or the token buffer is full."""
+    """Generates until every row has ended or its token buffer is full (a static batch)."""
     TRACE_COUNT["decode"] += 1
+    state = state.replace(pparams=pparams, sampling=sampling)
+    never = jnp.int32(np.iinfo(np.int32).max)
     model = nnx.merge(graphdef, params)
-    max_new = state.tokens.shape[1]
-    head = output_matrix(model, state.tokens.shape[0])
-
-    def cond(s: LoopState):
-        return (s.step < max_new) & ~jnp.all(s.done)
-
-    def body(s: LoopState) -> LoopState:
-        active = ~s.done
-        masked = policy.mask_logits(s.logits, s.policy, pparams, tok)
-        sampled = choose_tokens(
-            masked, sampling.keys, s.step, sampling.temperature, sampling.top_k, sampling.top_p
-        )
-        phase_before = s.policy.phase
-        token, pstate = policy.step(sampled, s.policy, pparams, tok, active)
-        token = jnp.where(active, token, pad_id)
-
-        token_logp = token_logprob(s.logits, token, sampling.temperature)
-        ended_eos, ended_stop = tok.eos[token] & active, tok.stop[token] & active
-        full = s.step + 1 >= max_new
-        finish = jnp.select(
-            [~active, ended_eos, ended_stop, full], [s.finish, EOS, STOP, LENGTH], RUNNING
-        )
-        col = s.step
-        logits, cache = forward_cached(model, token[:, None], active[:, None], s.cache, head=head)
-        cache = constrain_cache(cache, mesh)
-        return LoopState(
-            step=s.step + 1,
-            cache=cache,
-            logits=logits[:, 0].astype(jnp.float32),
-            tokens=s.tokens.at[:, col].set(token),
-            logprobs=s.logprobs.at[:, col].set(jnp.where(active, token_logp, 0.0)),
-            phases=s.phases.at[:, col].set(phase_before.astype(jnp.int8)),
-            done=s.done | (finish != RUNNING),
-            lengths=s.lengths + active,
-            finish=finish,
-            certainty_sum=s.certainty_sum + jnp.where(active, self_certainty(s.logits), 0.0),
-            policy=pstate,
-        )
-
-    return jax.lax.while_loop(cond, body, state)
+    return _loop(model, state, tok, pad_id, never, jnp.bool_(False), mesh)[1]
 
 
-def _bucket(length: int, multiple: int = 32) -> int:
+def bucket(length: int, multiple: int = 32) -> int:
     """Prompt lengths rounded up, so nearby lengths share one compiled program."""
     return -(-length // multiple) * multiple
 
 
 def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded tokens and validity [B, P], P bucketed to a multiple of 32."""
-    width = _bucket(max(len(ids) for ids in prompt_ids))
+    width = bucket(max(len(ids) for ids in prompt_ids))
     tokens = np.full((len(prompt_ids), width), pad_id, np.int32)
     valid = np.zeros(tokens.shape, bool)
     for r, ids in enumerate(prompt_ids):
@@ -239,4 +278,6 @@ def sample(
     decoding = decoding or for_decoding(graphdef, params, len(prompt_ids))
     mesh = mesh_of(params)
     state = decode(*decoding, state, pparams, tok, sampling, jnp.int32(pad_id), mesh)
-    return to_host(state.replace(cache=None, logits=None))  # gathered across hosts if need be
+    return to_host(
+        state.replace(cache=None, logits=None, sampling=None)
+    )  # gathered across hosts if need be

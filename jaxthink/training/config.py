@@ -159,10 +159,8 @@ class SFTConfig(RunFields):
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
-    """Sampling of one RL step: `group_size` samples of each of `prompts_per_step` prompts.
-
-    `batch_size` rows are decoded per sampler call (0: all rows of the step at once).
-    """
+    """Sampling of one RL step: `group_size` samples of each of `prompts_per_step` prompts,
+    through `slots` decode slots (0: one per sample, within the engine's memory budget)."""
 
     mode: str = "thinkless"
     group_size: int = 8
@@ -171,7 +169,7 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 1024
-    batch_size: int = 0
+    slots: int = 0
 
     def __post_init__(self):
         parse_mode(self.mode)

@@ -1,13 +1,13 @@
 """RL rollouts: G samples per prompt from the compiled sampler, graded, rewarded, as arrays.
 
-    prompts --jaxthink.generate(mode, n=G, temperature)--> Generations
+    prompts --jaxthink.generate(mode, GenerateConfig(n=G, ...)): the slot engine--> Generations
       --grade (answer after </think> or <short>) + Thinkless reward table--> rewards
       --> Rollout: left-padded prompts [B, P], right-padded responses [B, R] and their mask
 
-The G samples of a prompt are contiguous rows (what `group_advantages` expects). The prompt ids
-are the sampler's own (`prepare` formats them the way `generate` does), so the log-probs are of
-exactly the sequences that were sampled. A `<think>` response with no `</think>` (cut by
-max_new_tokens) counts as truncated and is rewarded as wrong.
+The G samples of a prompt are contiguous rows (what `group_advantages` expects). Each
+`Generation` carries the ids of the prompt it was sampled after, so the log-probs are of exactly
+the sequences that were sampled. A `<think>` response with no `</think>` (cut by max_new_tokens)
+counts as truncated and is rewarded as wrong.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from jaxthink.decode.generate import Generation, generate, prepare
+from jaxthink.decode.generate import GenerateConfig, Generation, generate
 from jaxthink.decode.sampler import left_pad
 from jaxthink.eval.grade import grade_many
 from jaxthink.policies.modes import ModeOptions
@@ -50,30 +50,14 @@ class Rollout:
 
 def sample(
     model, tokenizer, questions: list[str], cfg: RolloutConfig, seed: int, options: ModeOptions
-):
-    """`cfg.group_size` Generations per question, a question's samples next to each other."""
-    return generate(
-        model,
-        tokenizer,
-        questions,
-        cfg.mode,
-        n=cfg.group_size,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        top_k=cfg.top_k,
-        seed=seed,
-        options=options,
-        batch_size=cfg.batch_size or None,
-    )
-
-
-def prompt_ids(
-    tokenizer, questions: list[str], cfg: RolloutConfig, options: ModeOptions
-) -> list[list[int]]:
-    """The token ids of every row's prompt, exactly as `generate` fed them to the sampler."""
-    request = prepare(tokenizer, questions, cfg.mode, cfg.group_size, options, True)
-    return [tokenizer.encode(p, add_special_tokens=False) for p in request.prompts]
+) -> list[Generation]:
+    """`cfg.group_size` Generations per question, a question's samples next to each other, each
+    with the prompt ids it was sampled after."""
+    settings = GenerateConfig(
+        n=cfg.group_size, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+        top_p=cfg.top_p, top_k=cfg.top_k, seed=seed, slots=cfg.slots or None,
+    )  # fmt: skip
+    return generate(model, tokenizer, questions, cfg.mode, settings, options=options)
 
 
 def score(
@@ -124,7 +108,7 @@ def collect(
     rewards, think, correct, truncated = score(
         generations, golds, lengths, control.end_think, reward
     )
-    prompts, valid = left_pad(prompt_ids(tokenizer, questions, cfg, options), control.pad)
+    prompts, valid = left_pad([g.prompt_ids for g in generations], control.pad)
     width = response_width(int(lengths.max()), cfg.max_new_tokens)
     responses, mask = right_pad([g.token_ids for g in generations], control.pad, width)
     return Rollout(

@@ -119,7 +119,7 @@ def generate_traces(cfg: SAERunConfig, model, tokenizer, log=print):
     log(f"generating {len(questions)} thinking traces (greedy, up to {cfg.max_new_tokens} tokens)")
     out = jaxthink.generate(
         model, tokenizer, questions, "think", max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
+        slots=cfg.batch_size,
     )  # fmt: skip
     opening = thinking_opening(tokenizer)
     return [Trace(format_prompt(tokenizer, g.prompt) + opening, g.thinking, g.prompt) for g in out]

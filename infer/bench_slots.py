@@ -1,0 +1,172 @@
+"""`python -m infer bench-slots`: continuous batching against the static batch, one run.
+
+    python -m infer bench-slots                          # both workloads, defaults below
+    python -m infer bench-slots --workload skewed --requests 64 --slots 16 --max-new 256
+
+Both decode the same requests with the same keys, so they emit the same tokens (checked):
+- `skewed`: a Qwen2 model with the real 151,936-token vocabulary (hidden 128, 3 layers, random
+  weights), sampled at temperature 0.6 / top-p 0.95, each request's length drawn from a
+  long-tailed (log-normal) distribution whose median is 1/8 of the longest, as reasoning traces
+  run; lengths are imposed by per-request max_new_tokens (no end token).
+- `demo`: the shipped demo model, greedy, `think` mode on arithmetic problems of every level,
+  each ending where the model ends it: the README's demo evaluation workload.
+The static batch is the sampler before the engine: batches of `--slots` rows, each decoded until
+its longest row ends. Slot occupancy = generated tokens / slot-steps. The time is the second of
+two runs of each (the first compiles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import jaxthink
+from jaxthink.data.arithmetic import generate_problems
+from jaxthink.decode import sampler
+from jaxthink.decode.engine import Engine, Request
+from jaxthink.decode.generate import GenerateConfig, policy_tokens, prepare, prompt_key
+from jaxthink.loading import demo_model_dir
+from jaxthink.policies import ModeOptions
+from jaxthink.policies.policy import PolicyTokens
+from jaxthink.tokenizer import encode_prompts
+
+QWEN_SMALL = dict(
+    vocab_size=151936, hidden_size=128, intermediate_size=512, num_hidden_layers=3,
+    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m infer bench-slots", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--workload", default="skewed,demo", help="comma list of skewed, demo")
+    p.add_argument("--requests", type=int, default=64)
+    p.add_argument("--slots", type=int, default=16)
+    p.add_argument("--max-new", type=int, default=256, help="the longest request (skewed)")
+    return p
+
+
+def skewed_lengths(count: int, longest: int, seed: int = 0) -> list[int]:
+    """Log-normal lengths with median longest / 8, clipped to [4, longest]."""
+    rng = np.random.default_rng(seed)
+    drawn = rng.lognormal(np.log(longest / 8), 1.0, count)
+    return np.clip(drawn, 4, longest).astype(int).tolist()
+
+
+def _skewed(args):
+    import transformers
+
+    directory = tempfile.mkdtemp()
+    cfg = transformers.Qwen2Config(**QWEN_SMALL, max_position_embeddings=4096)
+    transformers.Qwen2ForCausalLM(cfg).save_pretrained(directory)
+    model, _, _ = jaxthink.load(directory, tokenizer=False)
+    rng = np.random.default_rng(1)
+    lengths = skewed_lengths(args.requests, args.max_new)
+    requests = [
+        Request(prompt=rng.integers(10, 150000, rng.integers(8, 40)).tolist(),
+                key=prompt_key(0, i), mode=(2, 0, 2**30, 0, 0), temperature=0.6, top_p=0.95,
+                max_new_tokens=n)
+        for i, n in enumerate(lengths)
+    ]  # fmt: skip
+    return model, _no_control_tokens(QWEN_SMALL["vocab_size"]), requests
+
+
+def _no_control_tokens(vocab: int) -> PolicyTokens:
+    """A tokenizer side with no thinking or end tokens: rows run to their max_new_tokens."""
+    none = jnp.zeros(vocab, bool)
+    no_queue = jnp.full((1,), -1, jnp.int32)
+    return PolicyTokens(jnp.int32(-1), jnp.int32(-1), jnp.int32(-1), no_queue, no_queue,
+                        none, none, none)  # fmt: skip
+
+
+def _demo(args):
+    model, tokenizer, _ = jaxthink.load(demo_model_dir())
+    records = generate_problems(args.requests, (1, 2, 3, 4, 5, 6), seed=11)
+    opts = ModeOptions.for_model(model.cfg)
+    req = prepare(tokenizer, [r["question"] for r in records], "think", 1, opts, True)
+    settings = GenerateConfig(max_new_tokens=320)
+    requests = [
+        Request(prompt=ids, key=prompt_key(0, i),
+                mode=tuple(getattr(s, f) for f in ("phase", "control", "budget", "grace", "extend")),
+                max_new_tokens=settings.max_new_tokens)
+        for i, (ids, s) in enumerate(zip(encode_prompts(tokenizer, req.prompts), req.setups))
+    ]  # fmt: skip
+    return model, policy_tokens(tokenizer, opts, model.cfg.vocab_size), requests
+
+
+def run_static(model, tok, requests, slots: int):
+    """The static batch: `slots` requests at a time, each batch until its longest row ends.
+    Returns ({request: tokens}, slot-steps)."""
+    graphdef, params = nnx.split(model)
+    decoding = Engine(model).decoding(slots)
+    width = max(r.max_new_tokens for r in requests)
+    out, slot_steps = {}, 0
+    for start in range(0, len(requests), slots):
+        batch = requests[start : start + slots]
+        rows = len(batch)
+        batch = batch + [batch[-1]] * (slots - rows)  # one compiled shape
+        pparams, sampling, max_new = (
+            jax.tree.map(lambda *x: jnp.concatenate([jnp.atleast_1d(a) for a in x]), *items)
+            for items in zip(*(Engine._row(r, 0) for r in batch), strict=True)
+        )  # fmt: skip
+        state = sampler.start(
+            graphdef, params, [list(r.prompt) for r in batch], pparams, tok, width
+        )
+        state = state.replace(max_new=max_new)
+        state = sampler.decode(*decoding, state, pparams, tok, sampling, jnp.int32(0))
+        lengths = np.asarray(state.lengths)
+        tokens = np.asarray(state.tokens)
+        slot_steps += int(lengths.max()) * slots
+        out.update({start + i: tokens[i, : lengths[i]].tolist() for i in range(rows)})
+    return out, slot_steps
+
+
+def run_engine(model, tok, requests, slots: int):
+    engine = Engine(model)
+    out = {s.request: s.tokens.tolist() for s in engine.run(requests, tok, slots)}
+    return out, engine.stats
+
+
+def measure(name: str, model, tok, requests, slots: int) -> dict:
+    timed = {}
+    for label, fn in (("static", run_static), ("engine", run_engine)):
+        for _ in range(2):  # the first run compiles
+            t0 = time.perf_counter()
+            out, extra = fn(model, tok, requests, slots)
+            timed[label] = (time.perf_counter() - t0, out, extra)
+    (t_static, static, slot_steps), (t_engine, engine, stats) = timed["static"], timed["engine"]
+    tokens = sum(map(len, engine.values()))
+    lengths = sorted(map(len, engine.values()))
+    return dict(
+        workload=name, requests=len(requests), slots=slots, tokens=tokens,
+        median=lengths[len(lengths) // 2], longest=lengths[-1],
+        same_tokens=static == engine,
+        static_tok_s=tokens / t_static, engine_tok_s=tokens / t_engine,
+        static_occupancy=tokens / slot_steps, engine_occupancy=stats.occupancy,
+        speedup=t_static / t_engine,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    builders = {"skewed": _skewed, "demo": _demo}
+    print(f"devices: {jax.devices()}")
+    print("| workload | requests | slots | tokens | median / longest | same tokens | "
+          "static tok/s | engine tok/s | static occupancy | engine occupancy | speedup |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.workload.split(","):
+        r = measure(name, *builders[name](args), args.slots)
+        print(
+            f"| {r['workload']} | {r['requests']} | {r['slots']} | {r['tokens']} | "
+            f"{r['median']} / {r['longest']} | {r['same_tokens']} | {r['static_tok_s']:.0f} | "
+            f"{r['engine_tok_s']:.0f} | {100 * r['static_occupancy']:.1f}% | "
+            f"{100 * r['engine_occupancy']:.1f}% | {r['speedup']:.2f}x |",
+            flush=True,
+        )

@@ -1,0 +1,330 @@
+"""Continuous batching: a fixed number of decode slots, fed from a queue of requests.
+
+    requests (prompt ids, mode row, sampling row, max_new_tokens, key, sample indices)
+      --prefill: a few requests' prompts at once, each prompt once (its n samples share it)
+      --insert: one sample's prompt KV, first logits, mode and sampling rows into a free slot
+      --run_steps: every slot decodes until a running row ends; the host refills its slot
+      --> finished samples, as they end (`Sample`: host arrays)
+
+The programs have fixed shapes (prefill and insert per (rows, prompt bucket), the step loop once
+per slot count), so requests come and go without recompiling. Sample j of a request draws from
+fold_in(request key, j), keyed again by its own step count, so its tokens depend on (seed,
+request, sample index) only: not on its slot, its neighbours, the number of slots or the order in
+which samples end (the JetStream prefill / insert / generate pattern, with multi-sampling).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import os
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxthink.decode import sampler
+from jaxthink.decode.sampler import LoopState, Sampling, bucket, init_loop, left_pad, params_dtype
+from jaxthink.distributed import to_host
+from jaxthink.models.qwen import KVCache, forward_cached, init_cache
+from jaxthink.policies import policy
+from jaxthink.policies.policy import PolicyParams, PolicyTokens
+from jaxthink.sharding import batch_size_multiple, mesh_of
+
+Array = jax.Array
+KV_BUDGET_FRACTION = 0.25  # default share of the device's memory the slots' caches may take
+MAX_DEFAULT_SLOTS = {"cpu": 64}  # by backend; elsewhere 512: where a bigger batch stops paying
+MAX_PREFILL_ROWS = 16  # prompts prefilled together
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (weights, layout)
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One prompt and how to sample it; `samples` are the sample indices wanted (each its own
+    key, fold_in(key, j)), all from one prefill."""
+
+    prompt: Sequence[int]
+    key: Array  # a PRNG key
+    mode: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # PolicyParams' phase .. extend
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    samples: tuple[int, ...] = (0,)
+
+
+@dataclasses.dataclass
+class Sample:
+    """A finished sample, on the host."""
+
+    request: int  # index into the requests given to `Engine.run`
+    index: int  # the sample index j
+    tokens: np.ndarray  # [n] int32, the end token included
+    logprobs: np.ndarray  # [n] float32 under the sampling temperature
+    phases: np.ndarray  # [n] int8 phase each token was emitted in
+    finish: int  # sampler.EOS / STOP / LENGTH
+    certainty_sum: float
+    thought: bool
+    think_count: int
+    answer_count: int
+    forced_end: bool
+    seconds: float  # from its insertion into a slot to its end
+
+
+@dataclasses.dataclass
+class Stats:
+    """What a run did: slot occupancy = generated tokens / slot-steps."""
+
+    steps: int = 0
+    slot_steps: int = 0
+    tokens: int = 0
+    prefills: int = 0
+    prefilled_rows: int = 0
+
+    @property
+    def occupancy(self) -> float:
+        return self.tokens / max(self.slot_steps, 1)
+
+
+def kv_bytes_per_slot(cfg, length: int, dtype) -> int:
+    """Bytes of one slot's KV cache: keys and values of every layer over `length` positions."""
+    per_position = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim
+    return per_position * length * jnp.dtype(dtype).itemsize
+
+
+def memory_budget_bytes() -> int:
+    """KV_BUDGET_FRACTION of the first device's memory (the host's RAM on CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    total = stats.get("bytes_limit") or os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(KV_BUDGET_FRACTION * total)
+
+
+def check_slots(slots: int) -> int:
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise ValueError(f"slots={slots!r}: the number of decode slots must be an integer >= 1")
+    return slots
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled verbs
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def prefill(graphdef, params, tokens: Array, valid: Array) -> tuple[KVCache, Array]:
+    """Left-padded prompts [R, P] into a cache of exactly P slots; (cache, last logits [R, V])."""
+    sampler.TRACE_COUNT["prefill"] += 1
+    model = nnx.merge(graphdef, params)
+    cache = init_cache(model.cfg, tokens.shape[0], tokens.shape[1], params_dtype(params))
+    logits, cache = forward_cached(model, tokens, valid, cache, last_only=True)
+    return cache, logits[:, 0].astype(jnp.float32)
+
+
+@functools.partial(jax.jit, donate_argnames=("state",))
+def insert(state: LoopState, prefix: KVCache, logits, row, slot, pparams, sampling, max_new):
+    """Slot `slot` of `state` takes row `row` of a prefill: its prompt's keys and values (slots
+    0..P-1 of the slot's cache), next-token logits, and a fresh policy state for `pparams` [1],
+    with `sampling` [1] and `max_new`."""
+    sampler.TRACE_COUNT["insert"] += 1
+    heads = prefix.k[0].shape[0] // prefix.valid.shape[0]
+    put = lambda big, x: jax.lax.dynamic_update_index_in_dim(big, x, slot, 0)
+    put_rows = lambda big, small: jax.tree.map(
+        lambda b, x: jax.lax.dynamic_update_slice_in_dim(b, x, slot, 0), big, small
+    )
+
+    def put_kv(big, small):  # row's kv heads (rows row*K ..) at the slot's (rows slot*K ..)
+        piece = jax.lax.dynamic_slice_in_dim(small, row * heads, heads, 0).astype(big.dtype)
+        return jax.lax.dynamic_update_slice(big, piece, (slot * heads, 0, 0))
+
+    cache, p = state.cache, prefix.length
+    valid = jnp.zeros((cache.length,), bool).at[:p].set(prefix.valid[row])
+    cache = KVCache(
+        k=tuple(put_kv(b, s) for b, s in zip(cache.k, prefix.k, strict=True)),
+        v=tuple(put_kv(b, s) for b, s in zip(cache.v, prefix.v, strict=True)),
+        valid=put(cache.valid, valid),
+        index=put(cache.index, jnp.int32(p)),
+        pos=put(cache.pos, prefix.pos[row]),
+    )
+    return state.replace(
+        cache=cache,
+        logits=put(state.logits, logits[row]),
+        done=put(state.done, False),
+        lengths=put(state.lengths, 0),
+        finish=put(state.finish, sampler.RUNNING),
+        certainty_sum=put(state.certainty_sum, 0.0),
+        policy=put_rows(state.policy, policy.init_state(pparams, state.policy.queue.shape[1])),
+        pparams=put_rows(state.pparams, pparams),
+        sampling=put_rows(state.sampling, sampling),
+        max_new=put(state.max_new, max_new),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "slots", "length", "max_new", "queue", "dtype"))
+def empty_slots(cfg, slots: int, length: int, max_new: int, queue: int, dtype) -> LoopState:
+    """`slots` free slots (all done) with caches of `length` positions."""
+    zeros = jnp.zeros((slots,), jnp.int32)
+    pparams = PolicyParams(zeros, zeros, zeros, zeros, zeros)
+    logits = jnp.zeros((slots, cfg.vocab_size), jnp.float32)
+    cache = init_cache(cfg, slots, length, dtype)
+    state = init_loop(logits, cache, pparams, queue, max_new)
+    keys = jax.vmap(jax.random.key)(zeros.astype(jnp.uint32))
+    return state.replace(
+        done=jnp.ones((slots,), bool),
+        sampling=Sampling(zeros.astype(jnp.float32), zeros, zeros.astype(jnp.float32) + 1, keys),
+        max_new=zeros,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The host side: a queue, the slots, finished samples out
+
+
+class Engine:
+    """Decode slots over one model's weights, for any tokenizer-side `PolicyTokens`."""
+
+    def __init__(self, model, pad_id: int = 0):
+        self.model = model
+        self.graphdef, self.params = nnx.split(model)
+        self.cfg = model.cfg
+        self.pad_id = pad_id
+        self.mesh = mesh_of(self.params)
+        self.stats = Stats()
+
+    def decoding(self, slots: int):
+        """The (graphdef, params) the step loop runs on for `slots` rows. Where that is a copy
+        (`sampler.for_decoding`: batch 1 on CPU) it is kept with the model and reused while the
+        model holds the same weight arrays, so only the first call pays for it."""
+        if slots != 1:
+            return self.graphdef, self.params
+        leaves = jax.tree.leaves(self.params)
+        kept = _LAYOUTS.get(self.model)
+        if (
+            kept is None
+            or len(kept[0]) != len(leaves)
+            or any(a is not b for a, b in zip(kept[0], leaves, strict=True))
+        ):
+            kept = _LAYOUTS[self.model] = (leaves, sampler.for_decoding(*nnx.split(self.model), 1))
+        return kept[1]
+
+    def slots_for(self, requests: Sequence[Request], slots: int | None) -> int:
+        """The slot count: `slots`, else as many as the samples, within what the memory budget
+        holds and MAX_DEFAULT_SLOTS; rounded up to a multiple of the mesh's batch axes."""
+        wanted = sum(len(r.samples) for r in requests)
+        if slots is None:
+            per_slot = kv_bytes_per_slot(self.cfg, self.cache_length(requests), self.dtype)
+            cap = MAX_DEFAULT_SLOTS.get(jax.default_backend(), 512)
+            slots = max(1, min(wanted, cap, memory_budget_bytes() // per_slot))
+        multiple = batch_size_multiple(self.mesh)
+        return -(-check_slots(slots) // multiple) * multiple
+
+    @property
+    def dtype(self):
+        return params_dtype(self.params)
+
+    @staticmethod
+    def cache_length(requests: Sequence[Request]) -> int:
+        return bucket(max(len(r.prompt) for r in requests)) + max_new_of(requests)
+
+    def run(
+        self, requests: Sequence[Request], tok: PolicyTokens, slots: int | None = None
+    ) -> Iterator[Sample]:
+        """Yields every wanted sample of `requests` as it ends (not in request order)."""
+        if not requests or not any(r.samples for r in requests):
+            return
+        slots = self.slots_for(requests, slots)
+        length, new = self.cache_length(requests), max_new_of(requests)
+        queue_width = tok.end_seq.shape[0]
+        state = empty_slots(self.cfg, slots, length, new, queue_width, self.dtype)
+        decoding = self.decoding(slots)
+        waiting = collections.deque(range(len(requests)))  # not yet prefilled
+        ready: collections.deque = collections.deque()  # (request, j, prefill, row)
+        occupant: list[tuple[int, int, float] | None] = [None] * slots
+        pad = jnp.int32(self.pad_id)
+        while waiting or ready or any(o is not None for o in occupant):
+            free = [i for i, o in enumerate(occupant) if o is None]
+            if free and not ready and waiting:
+                ready.extend(self._prefill(requests, waiting, len(free)))
+            for slot in free:
+                if not ready:
+                    break
+                r, j, prefix, row = ready.popleft()
+                state = insert(state, *prefix, row, slot, *self._row(requests[r], j))
+                occupant[slot] = (r, j, time.perf_counter())
+            steps, state = sampler.run_steps(
+                *decoding, state, tok, pad, jnp.int32(new), jnp.bool_(bool(waiting or ready)),
+                self.mesh,
+            )  # fmt: skip
+            done = np.asarray(to_host(state.done))
+            steps = int(steps)
+            self.stats.steps += steps
+            self.stats.slot_steps += steps * slots
+            ended = [i for i, o in enumerate(occupant) if o is not None and done[i]]
+            if ended:
+                host = to_host(_outputs(state))
+                for slot in ended:
+                    r, j, t0 = occupant[slot]
+                    occupant[slot] = None
+                    sample = _sample(host, slot, r, j, time.perf_counter() - t0)
+                    self.stats.tokens += len(sample.tokens)
+                    yield sample
+
+    def _prefill(self, requests, waiting: collections.deque, free: int):
+        """Prefills the next requests (as many as fill `free` slots, at least one, at most
+        MAX_PREFILL_ROWS) in one batch of a power-of-two row count; returns their samples, ready
+        to insert."""
+        picked, samples = [], 0
+        while waiting and len(picked) < MAX_PREFILL_ROWS and (
+            not picked or samples + len(requests[waiting[0]].samples) <= free
+        ):
+            picked.append(waiting.popleft())
+            samples += len(requests[picked[-1]].samples)
+        rows = 1 << (len(picked) - 1).bit_length()
+        prompts = [list(requests[r].prompt) for r in picked]
+        prompts += [prompts[-1]] * (rows - len(picked))
+        tokens, valid = left_pad(prompts, self.pad_id)
+        prefix = prefill(self.graphdef, self.params, tokens, valid)
+        self.stats.prefills += 1
+        self.stats.prefilled_rows += len(picked)
+        return [(r, j, prefix, row) for row, r in enumerate(picked) for j in requests[r].samples]
+
+    @staticmethod
+    def _row(request: Request, j: int):
+        """(pparams [1], sampling [1], max_new) of sample j of `request`."""
+        pparams = PolicyParams(*(jnp.array([x], jnp.int32) for x in request.mode))
+        sampling = Sampling(
+            temperature=jnp.array([request.temperature], jnp.float32),
+            top_k=jnp.array([request.top_k], jnp.int32),
+            top_p=jnp.array([request.top_p], jnp.float32),
+            keys=jax.random.fold_in(request.key, j)[None],
+        )
+        return pparams, sampling, jnp.int32(request.max_new_tokens)
+
+
+def max_new_of(requests: Sequence[Request]) -> int:
+    return max(r.max_new_tokens for r in requests)
+
+
+def _outputs(state: LoopState) -> dict:
+    p = state.policy
+    return dict(
+        tokens=state.tokens, logprobs=state.logprobs, phases=state.phases,
+        lengths=state.lengths, finish=state.finish, certainty_sum=state.certainty_sum,
+        thought=p.thought, think_count=p.think_count, answer_count=p.answer_count,
+        forced_end=p.forced_end,
+    )  # fmt: skip
+
+
+def _sample(host: dict, slot: int, request: int, j: int, seconds: float) -> Sample:
+    n = int(host["lengths"][slot])
+    row = lambda name: np.array(host[name][slot, :n])
+    scalar = lambda name: host[name][slot].item()
+    return Sample(
+        request=request, index=j, tokens=row("tokens"), logprobs=row("logprobs"),
+        phases=row("phases"), finish=scalar("finish"), certainty_sum=scalar("certainty_sum"),
+        thought=scalar("thought"), think_count=scalar("think_count"),
+        answer_count=scalar("answer_count"), forced_end=scalar("forced_end"), seconds=seconds,
+    )  # fmt: skip
