@@ -78,17 +78,19 @@ def test_the_samples_of_a_prompt_share_one_prefill(demo_like):
 
 
 def test_no_recompilation_while_requests_come_and_go(demo_like):
-    """After one run has compiled the programs, runs with other requests (more than the slots,
-    other modes, lengths, budgets and sampling numbers) trace nothing new."""
+    """Once the programs exist (prefill and insert per power-of-two row count, the step loop per
+    slot count), runs with other requests (more than the slots, other modes, lengths, budgets,
+    sampling numbers and orders) trace nothing new."""
     model, tokenizer = demo_like
     settings = GenerateConfig(max_new_tokens=32, slots=2)
-    jaxthink.generate(model, tokenizer, QUESTIONS, MODES, settings)
-    jaxthink.generate(model, tokenizer, QUESTIONS[:1], "think", settings)  # one prefill row
+    for count in (5, 3, 2, 1):  # prefills of 8, 4, 2 and 1 rows
+        jaxthink.generate(model, tokenizer, QUESTIONS[:count], "think", settings)
     before = dict(sampler.TRACE_COUNT)
-    jaxthink.generate(model, tokenizer, QUESTIONS[::-1], MODES[::-1], settings)
-    jaxthink.generate(
-        model, tokenizer, QUESTIONS[:3], "think_budget=9", settings.replace(temperature=0.7, n=2)
-    )
+    jaxthink.generate(model, tokenizer, QUESTIONS[::-1], "think_budget=9", settings)
+    more = settings.replace(temperature=0.7, top_p=0.9, n=2)
+    jaxthink.generate(model, tokenizer, QUESTIONS[:3], "extend=2", more)
+    modes = ["short", "extend=1", "think", "think_budget=3"]
+    jaxthink.generate(model, tokenizer, QUESTIONS[1:], modes, more.replace(seed=5))
     assert before == sampler.TRACE_COUNT
 
 

@@ -196,3 +196,21 @@ def test_training_advantages_by_response_baseline(baseline):
     # prompt 0: <think> loses to <short>, but its two right traces are not pushed down
     assert adv[1, 0] < 0 and adv[2, 0] < 0 and not adv[1:3, 1:].any()
     assert adv[7, 1] > 0 > adv[6, 1]  # prompt 1: the right trace against the wrong one
+
+
+def test_rollout_logprobs_are_the_trainers_on_its_arrays(tiny):
+    """The sampler's log-probs of a rollout (rows flowing through fewer slots than rows) equal
+    the trainer's recomputation on the rollout's own prompt and response arrays."""
+    from jaxthink.training.logprobs import response_logprobs
+    from jaxthink.training.rollout import collect
+
+    model, tokenizer = tiny
+    records = [{"question": q, "answer": "3"} for q in ("1+2", "34+5", "7-9")]
+    cfg = RolloutConfig(group_size=2, max_new_tokens=12, temperature=TEMPERATURE, slots=4)
+    r = collect(model, tokenizer, records, cfg, RewardConfig(), seed=1)
+    assert [len(g.prompt_ids) for g in r.generations] == [int(v.sum()) for v in r.prompt_valid]
+    logp, _ = response_logprobs(
+        model, r.prompt_tokens, r.prompt_valid, r.response_tokens, r.response_mask, TEMPERATURE
+    )
+    for b, g in enumerate(r.generations):
+        np.testing.assert_allclose(np.asarray(logp)[b, : g.num_tokens], g.logprobs, atol=2e-5)

@@ -13,7 +13,7 @@
 #   setup   copy this checkout (git HEAD) to every worker and pip install it with jax[tpu], gcsfs
 #   run     on every worker, in the background: copy the SFT export and the RL records from
 #           gs:// to local disk, then python -m train rl --config $CONFIG plus the key=value
-#           overrides given after the steps (e.g. rollout.batch_size=256)
+#           overrides given after the steps (e.g. rollout.slots=256)
 #   logs    follow worker 0's log (the only one that prints progress)
 #   delete  delete the slice
 # A run restarted with `run` resumes from the latest checkpoint in RUN_DIR. DRY_RUN=1 prints the

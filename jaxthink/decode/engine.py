@@ -195,11 +195,10 @@ class Engine:
         self.stats = Stats()
 
     def decoding(self, slots: int):
-        """The (graphdef, params) the step loop runs on for `slots` rows. Where that is a copy
-        (`sampler.for_decoding`: batch 1 on CPU) it is kept with the model and reused while the
-        model holds the same weight arrays, so only the first call pays for it."""
-        if slots != 1:
-            return self.graphdef, self.params
+        """(graphdef, params, head) the step loop runs on for `slots` rows: the weights as
+        `sampler.for_decoding` lays them out and `sampler.output_matrix`'s head. Where either is
+        a copy it is kept with the model and reused while the model holds the same weight arrays,
+        so only the first call pays for it."""
         leaves = jax.tree.leaves(self.params)
         kept = _LAYOUTS.get(self.model)
         if (
@@ -207,8 +206,12 @@ class Engine:
             or len(kept[0]) != len(leaves)
             or any(a is not b for a, b in zip(kept[0], leaves, strict=True))
         ):
-            kept = _LAYOUTS[self.model] = (leaves, sampler.for_decoding(*nnx.split(self.model), 1))
-        return kept[1]
+            kept = _LAYOUTS[self.model] = (leaves, {})
+        if slots not in kept[1]:
+            graphdef, params = sampler.for_decoding(self.graphdef, self.params, slots)
+            head = _output_matrix(self.graphdef, self.params, slots)
+            kept[1][slots] = (graphdef, params, head)
+        return kept[1][slots]
 
     def slots_for(self, requests: Sequence[Request], slots: int | None) -> int:
         """The slot count: `slots`, else as many as the samples, within what the memory budget
@@ -247,16 +250,17 @@ class Engine:
         while waiting or ready or any(o is not None for o in occupant):
             free = [i for i, o in enumerate(occupant) if o is None]
             if free and not ready and waiting:
-                ready.extend(self._prefill(requests, waiting, len(free)))
+                ready.extend(self._prefill(requests, waiting))
             for slot in free:
                 if not ready:
                     break
                 r, j, prefix, row = ready.popleft()
                 state = insert(state, *prefix, row, slot, *self._row(requests[r], j))
                 occupant[slot] = (r, j, time.perf_counter())
+            graphdef, params, head = decoding
             steps, state = sampler.run_steps(
-                *decoding, state, tok, pad, jnp.int32(new), jnp.bool_(bool(waiting or ready)),
-                self.mesh,
+                graphdef, params, state, tok, pad, jnp.int32(new),
+                jnp.bool_(bool(waiting or ready)), head, self.mesh,
             )  # fmt: skip
             done = np.asarray(to_host(state.done))
             steps = int(steps)
@@ -272,16 +276,11 @@ class Engine:
                     self.stats.tokens += len(sample.tokens)
                     yield sample
 
-    def _prefill(self, requests, waiting: collections.deque, free: int):
-        """Prefills the next requests (as many as fill `free` slots, at least one, at most
-        MAX_PREFILL_ROWS) in one batch of a power-of-two row count; returns their samples, ready
-        to insert."""
-        picked, samples = [], 0
-        while waiting and len(picked) < MAX_PREFILL_ROWS and (
-            not picked or samples + len(requests[waiting[0]].samples) <= free
-        ):
-            picked.append(waiting.popleft())
-            samples += len(requests[picked[-1]].samples)
+    def _prefill(self, requests, waiting: collections.deque):
+        """Prefills the next MAX_PREFILL_ROWS requests (fewer at the end of the queue) in one
+        batch of a power-of-two row count; returns their samples, ready to insert as slots free
+        up (one prefill call serves many inserts)."""
+        picked = [waiting.popleft() for _ in range(min(MAX_PREFILL_ROWS, len(waiting)))]
         rows = 1 << (len(picked) - 1).bit_length()
         prompts = [list(requests[r].prompt) for r in picked]
         prompts += [prompts[-1]] * (rows - len(picked))
@@ -302,6 +301,11 @@ class Engine:
             keys=jax.random.fold_in(request.key, j)[None],
         )
         return pparams, sampling, jnp.int32(request.max_new_tokens)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "slots"))
+def _output_matrix(graphdef, params, slots: int):
+    return sampler.output_matrix(nnx.merge(graphdef, params), slots)
 
 
 def max_new_of(requests: Sequence[Request]) -> int:

@@ -119,7 +119,8 @@ def output_matrix(model, batch: int) -> Array | None:
     """A transposed copy of a tied embedding for the decode loop's logits, on CPU at batch > 1.
 
     XLA:CPU multiplies a few rows by a [V, E] matrix's transpose about twice as slowly as by an
-    [E, V] matrix; one copy per compiled loop call (outside the loop) buys that back every step.
+    [E, V] matrix; one copy (outside the loop) buys that back every step. The slot engine makes
+    it once and keeps it (at 151,936 x 128 the copy took 100 ms: more than two decode steps).
     """
     if not model.cfg.tie_word_embeddings or batch == 1 or jax.default_backend() != "cpu":
         return None
@@ -178,16 +179,19 @@ def step(model, head, s: LoopState, tok: PolicyTokens, pad_id: Array, mesh=None)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mesh"), donate_argnames=("state",))
-def run_steps(graphdef, params, state: LoopState, tok, pad_id, max_steps, until_one_ends, mesh=None):
+def run_steps(
+    graphdef, params, state: LoopState, tok, pad_id, max_steps, until_one_ends, head=None, mesh=None
+):
     """Decodes until every row has ended, or `max_steps` steps have run, or (with
     `until_one_ends`) a row that was running has ended: the slot engine then refills it. Both
-    limits are traced values, so changing them never recompiles. Returns (steps run, state)."""
+    limits are traced values, so changing them never recompiles. `head` is `output_matrix`'s,
+    made once by the caller (this runs many times a generation). Returns (steps run, state)."""
     TRACE_COUNT["decode"] += 1
-    return _loop(nnx.merge(graphdef, params), state, tok, pad_id, max_steps, until_one_ends, mesh)
+    model = nnx.merge(graphdef, params)
+    return _loop(model, head, state, tok, pad_id, max_steps, until_one_ends, mesh)
 
 
-def _loop(model, state: LoopState, tok, pad_id, max_steps, until_one_ends, mesh):
-    head = output_matrix(model, state.tokens.shape[0])
+def _loop(model, head, state: LoopState, tok, pad_id, max_steps, until_one_ends, mesh):
     running = ~state.done
 
     def cond(carry):
@@ -218,7 +222,8 @@ def decode(
     state = state.replace(pparams=pparams, sampling=sampling)
     never = jnp.int32(np.iinfo(np.int32).max)
     model = nnx.merge(graphdef, params)
-    return _loop(model, state, tok, pad_id, never, jnp.bool_(False), mesh)[1]
+    head = output_matrix(model, state.tokens.shape[0])
+    return _loop(model, head, state, tok, pad_id, never, jnp.bool_(False), mesh)[1]
 
 
 def bucket(length: int, multiple: int = 32) -> int:
