@@ -7,6 +7,9 @@ call: the time that takes is printed), and for `generate` a run of N new tokens 
 one (the prefill); each is the best of several runs. The table gives decode tokens/s, their
 ratio, and the memory-bandwidth floor (weight bytes / read bandwidth measured in this run) per
 step.
+
+`python -m infer bench --sampling`: instead, what sampling costs next to greedy decoding on a
+small model with Qwen's 151,936-token vocabulary, 64 rows (`sampling_costs`).
 """
 
 from __future__ import annotations
@@ -45,11 +48,12 @@ def read_bandwidth_gbs(nbytes: int = 1 << 30, repeats: int = 5) -> float:
     return x.nbytes / best / 1e9
 
 
-def _write_model(shape: str, directory: str):
+def _write_model(shape: dict, directory: str):
+    """A random-weight Qwen2 of `shape` (a `SHAPES` entry), fp32, in the HF format."""
     import torch
     import transformers
 
-    kw = dict(SHAPES[shape])
+    kw = dict(shape)
     theta = kw.pop("rope_theta", 10000.0)
     cfg = transformers.Qwen2Config(
         **kw,
@@ -190,7 +194,7 @@ def run(
     rows = []
     for shape in shapes:
         with tempfile.TemporaryDirectory() as d:
-            hf = _write_model(shape, d)
+            hf = _write_model(SHAPES[shape], d)
             model, _, cfg = jaxthink.load(d, tokenizer=False)
         graphdef, params = nnx.split(model)
         weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
@@ -230,17 +234,147 @@ def _format_row(r: dict) -> str:
     )
 
 
+# --- what sampling costs next to greedy --------------------------------------------------------
+
+# A user's small checkpoint with Qwen's vocabulary: choosing the token is much of its step.
+SAMPLING_SHAPE = dict(
+    vocab_size=151936, hidden_size=128, intermediate_size=512, num_hidden_layers=3,
+    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+)  # fmt: skip
+SAMPLINGS = {"greedy": (0.0, 1.0), "T=0.6": (0.6, 1.0), "T=0.6 top-p 0.95": (0.6, 0.95)}
+SPREAD_SCALE = 10.0  # the tied embedding's factor for the "spread" model
+
+
+def _sampling(b: int, temperature: float, top_p: float):
+    from jaxthink.decode import sampler
+
+    return sampler.Sampling(
+        temperature=jnp.full((b,), temperature), top_k=jnp.zeros((b,), jnp.int32),
+        top_p=jnp.full((b,), top_p), keys=jax.random.split(jax.random.key(0), b),
+    )  # fmt: skip
+
+
+def _time_samplings(graphdef, params, prompts, new_tokens, tok, samplings, repeats, min_seconds):
+    """Seconds per decode step for each of `samplings` (plain greedy policy rows): the compiled
+    decode loop alone over `new_tokens` steps, the best of the rounds; and each one's time
+    relative to the first's, the median over the rounds (timed in alternation within a round)."""
+    from jaxthink.decode import sampler
+
+    fresh = lambda tree: jax.tree.map(jnp.copy, tree)  # the loop may donate what it is given
+
+    def decode_seconds(sampling) -> float:
+        rows = _mode_rows(len(prompts), "greedy")
+        state = jax.block_until_ready(
+            sampler.start(graphdef, params, prompts, rows, tok, new_tokens)
+        )
+        args = fresh(rows), tok, fresh(sampling), jnp.int32(0)
+        return _seconds(
+            lambda: jax.block_until_ready(sampler.decode(graphdef, params, state, *args))
+        )
+
+    for sampling in samplings:
+        decode_seconds(sampling)  # warm-up: compiles prefill and decode
+    times = np.array(
+        [[decode_seconds(s) for s in samplings] for _ in _rounds(repeats, min_seconds)]
+    )
+    return list(times.min(axis=0) / new_tokens), list(np.median(times / times[:, :1], axis=0))
+
+
+def _logit_spread(graphdef, params, prompts, tok) -> dict:
+    """Of the first decode step's logits: their std across the vocabulary (mean over rows),
+    the mass of the 64 most likely tokens at T = 0.6 (median over rows), and the share of rows
+    whose top-p 0.95 set at T = 0.6 is among those 64 (sampling's fast path)."""
+    from jaxthink.decode import sampler
+
+    rows = _mode_rows(len(prompts), "greedy")
+    logits = np.asarray(sampler.start(graphdef, params, prompts, rows, tok, 1).logits, np.float64)
+    z = np.sort(logits / 0.6, axis=-1)[:, ::-1]
+    probs = np.exp(z - z[:, :1])
+    mass = np.cumsum(probs, axis=-1) / probs.sum(-1, keepdims=True)
+    return dict(
+        std=logits.std(-1).mean(), top64=np.median(mass[:, 63]), fits=np.mean(mass[:, 63] >= 0.95)
+    )
+
+
+def sampling_costs(
+    batch: int, new_tokens: int, prompt_len: int, repeats: int, min_seconds: float = 0.0,
+    shape: dict = SAMPLING_SHAPE,
+) -> list[dict]:  # fmt: skip
+    """ms per decode step of greedy, T = 0.6 and T = 0.6 with top-p 0.95 rows (all rows alike),
+    and each one's ratio to greedy, for two models of `shape`:
+
+    - "as initialised": random weights; its logits are near-flat (std ~0.2), so top-p 0.95
+      keeps most of the vocabulary and takes sampling's exact (bisection) path;
+    - "spread": the same weights with the tied embedding (so the lm head too) multiplied by
+      SPREAD_SCALE = 10. A random model's residual stream is mostly its input token's
+      embedding, so its logits get a std of ~2.3 units across the vocabulary with the input
+      token's own logit ~25 above the mean: at T = 0.6 the top 64 tokens hold all the mass
+      (a trained reasoning model's top-p 0.95 set is a handful of tokens), and top-p takes
+      sampling's 64-candidate path. The table prints the measured std and top-64 mass.
+    """
+    from flax import nnx
+
+    import jaxthink
+
+    with tempfile.TemporaryDirectory() as d:
+        _write_model(shape, d)
+        model, _, cfg = jaxthink.load(d, tokenizer=False)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(10, cfg.vocab_size, prompt_len - r % 8).tolist() for r in range(batch)]
+    tok = _bench_tokens(cfg.vocab_size)
+    samplings = [_sampling(batch, *SAMPLINGS[name]) for name in SAMPLINGS]
+    print(SAMPLING_HEADER, flush=True)
+    rows = []
+    for name, scale in [("as initialised", 1.0), ("spread", SPREAD_SCALE)]:
+        model.embed.value = model.embed[...] * scale
+        graphdef, params = nnx.split(model)
+        spread = _logit_spread(graphdef, params, prompts, tok)
+        times, ratios = _time_samplings(
+            graphdef, params, prompts, new_tokens, tok, samplings, repeats, min_seconds
+        )
+        for sampling, t, ratio in zip(SAMPLINGS, times, ratios):
+            rows.append(dict(model=name, batch=batch, sampling=sampling, ms_per_step=t * 1e3,
+                             vs_greedy=ratio, **spread))  # fmt: skip
+            print(_format_sampling_row(rows[-1]), flush=True)
+    return rows
+
+
+SAMPLING_HEADER = (
+    "| model | batch | logits std | top-64 mass (T=0.6) | top-p 0.95 in 64 | sampling | ms/step "
+    "| x greedy |\n|---|---|---|---|---|---|---|---|"
+)
+
+
+def _format_sampling_row(r: dict) -> str:
+    return (
+        f"| {r['model']} | {r['batch']} | {r['std']:.2f} | {r['top64']:.3f} | "
+        f"{100 * r['fits']:.0f}% | {r['sampling']} | {r['ms_per_step']:.2f} | "
+        f"{r['vs_greedy']:.2f}x |"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m infer bench", description=__doc__)
     p.add_argument("--shape", action="append", choices=list(SHAPES), help="default: all")
     p.add_argument("--batch", action="append", type=int, help="default: 1 and 8")
-    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, help="default: 128 (with --sampling: 32)")
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3, help="best of at least this many timed runs")
     p.add_argument(
         "--min-seconds", type=float, default=2.0,
         help="and of as many more as fit in this many seconds per timing",
     )  # fmt: skip
+    p.add_argument(
+        "--sampling", action="store_true",
+        help="instead: what sampling costs next to greedy (sampling_costs; batch default 64)",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    if args.sampling:
+        for b in args.batch or [64]:
+            sampling_costs(
+                b, args.new_tokens or 32, args.prompt_len, args.repeats, args.min_seconds
+            )
+        return
     shapes, batches = args.shape or list(SHAPES), args.batch or [1, 8]
-    run(shapes, batches, args.new_tokens, args.prompt_len, args.repeats, args.min_seconds)
+    new_tokens = args.new_tokens or 128
+    run(shapes, batches, new_tokens, args.prompt_len, args.repeats, args.min_seconds)

@@ -12,7 +12,6 @@ from flax import nnx
 import jaxthink
 from infer.bench import hf_greedy
 from jaxthink.decode import sampler
-from jaxthink.decode.sampling import choose_tokens, first_argmax, top_k_mask, top_p_mask
 from jaxthink.policies.modes import ANSWER, FREE, NO_BUDGET
 from jaxthink.policies.policy import PolicyParams, PolicyTokens
 from tests.hf_models import write_tiny_hf
@@ -116,47 +115,6 @@ def test_logprobs_are_those_of_the_tempered_distribution(tiny):
     logits = jaxthink.forward(model, seq, np.ones_like(seq, bool))[0, len(PROMPTS[0]) - 1 : -1]
     expected = jax.nn.log_softmax(logits / 0.7, axis=-1)[np.arange(8), state.tokens[0]]
     np.testing.assert_allclose(state.logprobs[0], expected, atol=1e-4)
-
-
-def test_first_argmax_is_argmax_ties_included():
-    x = jnp.round(jax.random.normal(jax.random.key(0), (64, 300)) * 2)  # many tied maxima
-    x = x.at[3].set(-jnp.inf).at[4].set(0.0)
-    np.testing.assert_array_equal(first_argmax(x), jnp.argmax(x, axis=-1))
-
-
-def test_sampled_tokens_are_jax_categorical_draws():
-    """A sampled row draws what `jax.random.categorical` draws with its key folded with the step."""
-    logits = jax.random.normal(jax.random.key(2), (6, 700)) * 2
-    keys = jax.random.split(jax.random.key(3), 6)
-    temperature = jnp.full((6,), 0.8)
-    off_k, off_p = jnp.zeros((6,), jnp.int32), jnp.ones((6,))
-    for step in range(5):
-        drawn = choose_tokens(logits, keys, jnp.int32(step), temperature, off_k, off_p)
-        keys_now = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
-        expected = jax.vmap(jax.random.categorical)(keys_now, logits / 0.8)
-        np.testing.assert_array_equal(drawn, expected)
-
-
-def test_top_k_keeps_exactly_the_k_best():
-    logits = jax.random.normal(jax.random.key(0), (4, 1000))
-    k = jnp.array([1, 5, 50, 0])
-    kept = np.asarray(top_k_mask(logits, k) > -1e29)
-    assert kept.sum(1).tolist() == [1, 5, 50, 1000]
-    for r, kk in enumerate([1, 5, 50]):
-        best = np.argsort(-np.asarray(logits[r]))[:kk]
-        assert set(np.nonzero(kept[r])[0]) == set(best)
-
-
-def test_top_p_keeps_the_smallest_set_reaching_p():
-    logits = jax.random.normal(jax.random.key(1), (3, 500)) * 3
-    p = jnp.array([0.5, 0.9, 1.0])
-    kept = np.asarray(top_p_mask(logits, p) > -1e29)
-    probs = np.asarray(jax.nn.softmax(logits, -1))
-    for r, pp in enumerate([0.5, 0.9]):
-        order = np.argsort(-probs[r])
-        n = int(np.searchsorted(np.cumsum(probs[r][order]), pp) + 1)
-        assert set(np.nonzero(kept[r])[0]) == set(order[:n])
-    assert kept[2].all()
 
 
 _BOOKKEEPING_OPS = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant"}
