@@ -303,9 +303,13 @@ class Engine:
         return pparams, sampling, jnp.int32(request.max_new_tokens)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "slots"))
 def _output_matrix(graphdef, params, slots: int):
-    return sampler.output_matrix(nnx.merge(graphdef, params), slots)
+    """`sampler.output_matrix`'s head, as an array of its own (made outside any loop, so it
+    needs no barrier against fusion), or None."""
+    model = nnx.merge(graphdef, params)
+    if not sampler.transposed_head(model.cfg, slots):
+        return None
+    return jax.jit(lambda embed: embed.T)(model.embed[...])
 
 
 def max_new_of(requests: Sequence[Request]) -> int:

@@ -122,9 +122,14 @@ def output_matrix(model, batch: int) -> Array | None:
     [E, V] matrix; one copy (outside the loop) buys that back every step. The slot engine makes
     it once and keeps it (at 151,936 x 128 the copy took 100 ms: more than two decode steps).
     """
-    if not model.cfg.tie_word_embeddings or batch == 1 or jax.default_backend() != "cpu":
+    if not transposed_head(model.cfg, batch):
         return None
     return jax.lax.optimization_barrier(model.embed[...].T)
+
+
+def transposed_head(cfg, batch: int) -> bool:
+    """Whether `output_matrix` makes a copy for `batch` rows."""
+    return cfg.tie_word_embeddings and batch > 1 and jax.default_backend() == "cpu"
 
 
 def for_decoding(graphdef, params, batch: int):
@@ -149,8 +154,9 @@ def step(model, head, s: LoopState, tok: PolicyTokens, pad_id: Array, mesh=None)
     active = ~s.done
     sampling, pparams = s.sampling, s.pparams
     masked = policy.mask_logits(s.logits, s.policy, pparams, tok)
-    keys = jax.vmap(jax.random.fold_in)(sampling.keys, s.lengths)
-    sampled = choose_tokens(masked, keys, 0, sampling.temperature, sampling.top_k, sampling.top_p)
+    sampled = choose_tokens(
+        masked, sampling.keys, s.lengths, sampling.temperature, sampling.top_k, sampling.top_p
+    )
     phase_before = s.policy.phase
     token, pstate = policy.step(sampled, s.policy, pparams, tok, active)
     token = jnp.where(active, token, pad_id)

@@ -168,10 +168,11 @@ def _candidates(blocks: Array, block_max: Array, c: int) -> tuple[Array, Array]:
     b, nb, k = blocks.shape
     # The barriers keep each top-k whole: XLA:CPU runs a top-k as a fast partial sort, but when
     # a later gather reads through its slice it sorts the whole array instead (80 ms, not 3).
-    _, best = jax.lax.optimization_barrier(jax.lax.top_k(block_max, min(c, nb)))
+    best = jax.lax.optimization_barrier(jax.lax.top_k(block_max, min(c, nb))[1])
     best = jnp.sort(best, axis=-1)  # in token order, so that ties still go to lower ids
     gathered = jnp.take_along_axis(blocks, best[:, :, None], 1).reshape(b, -1)
-    values, at = jax.lax.optimization_barrier(jax.lax.top_k(gathered, c))
+    values, at = jax.lax.top_k(gathered, c)
+    values, at = jax.lax.optimization_barrier(values), jax.lax.optimization_barrier(at)
     return values, jnp.take_along_axis(best, at // k, axis=1) * k + at % k
 
 
