@@ -165,7 +165,7 @@ def measure(name: str, model, tok, requests, slots: int) -> dict:
         same_tokens=sum(static[r] == engine[r] for r in engine),
         static_tok_s=tokens / t_static, engine_tok_s=tokens / t_engine,
         static_occupancy=tokens / slot_steps, engine_occupancy=stats.occupancy,
-        speedup=t_static / t_engine,
+        speedup=t_static / t_engine, kv_mib=stats.kv_bytes_per_slot / 2**20,
     )  # fmt: skip
 
 
@@ -173,13 +173,13 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     builders = {"skewed": _skewed, "demo": _demo}
     print(f"devices: {jax.devices()}")
-    print("| workload | requests | slots | tokens | median / longest | same tokens | "
+    print("| workload | requests | slots (KV MiB each) | tokens | median / longest | same tokens | "
           "static tok/s | engine tok/s | static occupancy | engine occupancy | speedup |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.workload.split(","):
         r = measure(name, *builders[name](args), args.slots)
         print(
-            f"| {r['workload']} | {r['requests']} | {r['slots']} | {r['tokens']} | "
+            f"| {r['workload']} | {r['requests']} | {r['slots']} ({r['kv_mib']:.2f}) | {r['tokens']} | "
             f"{r['median']} / {r['longest']} | {r['same_tokens']} of {r['requests']} | {r['static_tok_s']:.0f} | "
             f"{r['engine_tok_s']:.0f} | {100 * r['static_occupancy']:.1f}% | "
             f"{100 * r['engine_occupancy']:.1f}% | {r['speedup']:.2f}x |",

@@ -153,3 +153,18 @@ def test_bad_settings_are_refused_before_compiling(demo_like, kw, message):
 def test_unknown_settings_are_named(demo_like):
     with pytest.raises(TypeError, match=r"unknown generate settings \['temprature'\]"):
         jaxthink.generate(*demo_like, QUESTIONS[:1], "think", temprature=0.5)
+
+
+def test_bench_slots_prints_a_row_per_workload_with_the_same_tokens(capsys):
+    from infer import bench_slots
+
+    bench_slots.main(["--workload", "demo", "--requests", "6", "--slots", "2"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| demo")]
+    assert len(rows) == 1 and "| 6 of 6 |" in rows[0]  # static and engine emit the same tokens
+
+
+def test_skewed_lengths_have_a_median_of_an_eighth_of_the_longest():
+    from infer.bench_slots import skewed_lengths
+
+    lengths = skewed_lengths(4000, 256)
+    assert max(lengths) == 256 and 28 <= np.median(lengths) <= 36

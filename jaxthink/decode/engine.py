@@ -80,6 +80,8 @@ class Sample:
 class Stats:
     """What a run did: slot occupancy = generated tokens / slot-steps."""
 
+    slots: int = 0
+    kv_bytes_per_slot: int = 0
     steps: int = 0
     slot_steps: int = 0
     tokens: int = 0
@@ -240,6 +242,8 @@ class Engine:
             return
         slots = self.slots_for(requests, slots)
         length, new = self.cache_length(requests), max_new_of(requests)
+        self.stats.slots = slots
+        self.stats.kv_bytes_per_slot = kv_bytes_per_slot(self.cfg, length, self.dtype)
         queue_width = tok.end_seq.shape[0]
         state = empty_slots(self.cfg, slots, length, new, queue_width, self.dtype)
         decoding = self.decoding(slots)
