@@ -246,3 +246,13 @@ def test_unknown_checkpoint_mode_options_are_refused():
     cfg = dataclasses.replace(cfg, hf_config={"mode_options": {"answer_prefx": ""}})
     with pytest.raises(ModeError, match="answer_prefx.*answer_prefix"):
         ModeOptions.for_model(cfg)
+
+
+def test_hybrid_parses_like_every_mode_and_generate_names_how_to_run_it(demo_like):
+    assert (
+        parse_mode("hybrid") == parse_modes("hybrid")[0] and str(parse_mode("hybrid")) == "hybrid"
+    )
+    before = dict(sampler.TRACE_COUNT)
+    with pytest.raises(ModeError, match="--base-model DIR --steering FILE"):
+        gen(demo_like, "hybrid")
+    assert before == sampler.TRACE_COUNT

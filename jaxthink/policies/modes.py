@@ -25,6 +25,7 @@ MODES = {
     "short": (None, "force the <short> control token"),
     "think_forced": ("[N]", "force the <think> control token (budget N if given)"),
     "extend": ("K", "s1-style: suppress the end of thinking K times, appending 'Wait' instead"),
+    "hybrid": (None, "a thinking model steers a base model (--base-model, --steering)"),
 }
 _NEEDS_VALUE = {"think_budget", "extend"}
 _TAKES_VALUE = {"think_budget", "extend", "thinkless", "think_forced"}
@@ -167,6 +168,12 @@ def row_setup(mode: Mode, opts: ModeOptions, control, prompt_opens_thinking: boo
 
 
 def check_mode_supported(mode: Mode, control, prompt_opens_thinking: bool) -> None:
+    if mode.name == "hybrid":
+        raise ModeError(
+            "mode hybrid decodes two models: give the base model and the steering file "
+            "(python -m infer --mode hybrid --base-model DIR --steering FILE, or "
+            "jaxthink.hybrid_generate(thinking, base, tokenizer, prompts, steering))"
+        )
     if mode.uses_control_tokens:
         if control.short is None or control.think is None:
             raise ModeError(
