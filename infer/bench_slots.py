@@ -10,8 +10,9 @@ Both decode the same requests with the same keys, so they emit the same tokens (
   temperature 0.6 / top-p 0.95, each request's length drawn from a long-tailed (log-normal)
   distribution whose median is 1/8 of the longest, as reasoning traces run; lengths are imposed
   by per-request max_new_tokens (no end token).
-- `demo`: the shipped demo model, greedy, `think` mode on arithmetic problems of every level,
-  each ending where the model ends it: the README's demo evaluation workload.
+- `demo`: the shipped demo model, greedy, the README's demo evaluation (think, no_think,
+  think_budget=32,64,128, short and thinkless on problems of every level, 256 new tokens at
+  most), each row ending where the model ends it.
 The static batch is the sampler before the engine: batches of `--slots` rows, each decoded until
 its longest row ends. Slot occupancy = generated tokens / slot-steps. Before the clock, each
 runs a few of the requests (`warm_up_set`: compiling what it needs). "same tokens" counts requests whose
@@ -34,7 +35,7 @@ import jaxthink
 from jaxthink.data.arithmetic import generate_problems
 from jaxthink.decode import sampler
 from jaxthink.decode.engine import Engine, Request
-from jaxthink.decode.generate import GenerateConfig, policy_tokens, prepare, prompt_key
+from jaxthink.decode.generate import policy_tokens, prepare, prompt_key
 from jaxthink.loading import demo_model_dir
 from jaxthink.policies import ModeOptions
 from jaxthink.policies.policy import PolicyTokens
@@ -93,18 +94,26 @@ def _no_control_tokens(vocab: int) -> PolicyTokens:
                         none, none, none)  # fmt: skip
 
 
+DEMO_MODES = ("think", "no_think", "think_budget=32", "think_budget=64", "think_budget=128",
+              "short", "thinkless")  # the README's demo evaluation  # fmt: skip
+
+
 def _demo(args):
+    """The README's demo evaluation: every mode on `--requests` / 7 problems of every level, in
+    mode-major order (the order the evaluator ran them in before the engine, one static batch
+    per `--slots` consecutive rows)."""
     model, tokenizer, _ = jaxthink.load(demo_model_dir())
-    records = generate_problems(args.requests, (1, 2, 3, 4, 5, 6), seed=11)
+    count = max(1, args.requests // len(DEMO_MODES))
+    questions = [r["question"] for r in generate_problems(count, (1, 2, 3, 4, 5, 6), seed=11)]
     opts = ModeOptions.for_model(model.cfg)
-    req = prepare(tokenizer, [r["question"] for r in records], "think", 1, opts, True)
-    settings = GenerateConfig(max_new_tokens=320)
-    requests = [
-        Request(prompt=ids, key=prompt_key(0, i),
+    requests = []
+    for mode in DEMO_MODES:
+        req = prepare(tokenizer, questions, mode, 1, opts, True)
+        for ids, s in zip(encode_prompts(tokenizer, req.prompts), req.setups, strict=True):
+            requests.append(Request(
+                prompt=ids, key=prompt_key(0, len(requests)), max_new_tokens=256,
                 mode=tuple(getattr(s, f) for f in ("phase", "control", "budget", "grace", "extend")),
-                max_new_tokens=settings.max_new_tokens)
-        for i, (ids, s) in enumerate(zip(encode_prompts(tokenizer, req.prompts), req.setups))
-    ]  # fmt: skip
+            ))  # fmt: skip
     return model, policy_tokens(tokenizer, opts, model.cfg.vocab_size), requests
 
 

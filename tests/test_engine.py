@@ -158,9 +158,9 @@ def test_unknown_settings_are_named(demo_like):
 def test_bench_slots_prints_a_row_per_workload_with_the_same_tokens(capsys):
     from infer import bench_slots
 
-    bench_slots.main(["--workload", "demo", "--requests", "6", "--slots", "2"])
+    bench_slots.main(["--workload", "demo", "--requests", "7", "--slots", "2"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| demo")]
-    assert len(rows) == 1 and "| 6 of 6 |" in rows[0]  # static and engine emit the same tokens
+    assert len(rows) == 1 and "| 7 of 7 |" in rows[0]  # static and engine emit the same tokens
 
 
 def test_skewed_lengths_have_a_median_of_an_eighth_of_the_longest():
