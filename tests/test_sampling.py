@@ -11,9 +11,12 @@ import pytest
 
 from jaxthink.decode.sampling import (
     CANDIDATES,
+    REJECTION_ATTEMPTS,
     check_sampling,
     choose_tokens,
+    choose_tokens_and_paths,
     first_argmax,
+    in_top_p,
     kept_tokens,
     top_k_mask,
     top_p_mask,
@@ -40,16 +43,24 @@ def reference_probs(logits, temperature: float, top_k: int, top_p: float) -> np.
     return probs / probs.sum()
 
 
-def draw_counts(logits, temperature: float, top_k: int, top_p: float, step: int = 0):
-    """Token counts of DRAWS rows sharing `logits` [V], each row with its own key."""
+def draw_paths(logits, temperature: float, top_k: int, top_p: float, attempts=REJECTION_ATTEMPTS):
+    """(token counts, rejection draws per row, rows drawn by bisection) of DRAWS rows sharing
+    `logits` [V], each row with its own key."""
     full = lambda x, dtype=jnp.float32: jnp.full((DRAWS,), x, dtype)
-    tokens = jax.jit(choose_tokens)(
+    tokens, draws, bisected = jax.jit(choose_tokens_and_paths, static_argnums=6)(
         jnp.broadcast_to(logits, (DRAWS, logits.shape[-1])),
         jax.random.split(jax.random.key(7), DRAWS),
-        jnp.int32(step),
+        jnp.int32(0),
         full(temperature), full(top_k, jnp.int32), full(top_p),
+        attempts,
     )  # fmt: skip
-    return np.bincount(np.asarray(tokens), minlength=logits.shape[-1])
+    counts = np.bincount(np.asarray(tokens), minlength=logits.shape[-1])
+    return counts, np.asarray(draws), np.asarray(bisected)
+
+
+def draw_counts(logits, temperature: float, top_k: int, top_p: float):
+    """Token counts of DRAWS rows sharing `logits` [V], each row with its own key."""
+    return draw_paths(logits, temperature, top_k, top_p)[0]
 
 
 def assert_drawn_from(counts: np.ndarray, probs: np.ndarray):
@@ -81,13 +92,46 @@ def test_a_wrong_temperature_fails_the_frequency_check():
         assert_drawn_from(counts, reference_probs(LOGITS_24, 0.7, 0, 1.0))
 
 
-def test_flat_rows_take_the_exact_path_and_follow_the_filtered_softmax():
-    """Top-p 0.5 of a near-flat 300-token row keeps ~150 tokens, more than the candidates."""
-    logits = jax.random.normal(jax.random.key(1), (300,)) * 0.1
-    probs = reference_probs(logits, 1.0, 0, 0.5)
+FLAT = jax.random.normal(jax.random.key(1), (300,)) * 0.1
+
+
+def test_flat_rows_follow_the_filtered_softmax_by_rejection_or_bisection():
+    """Top-p 0.5 of a near-flat 300-token row keeps ~150 tokens, more than the candidates:
+    every row draws by rejection (~1 / 0.5 draws), a rare one rejected REJECTION_ATTEMPTS times
+    by bisection; top-k 100 (past the candidates) always by bisection."""
+    probs = reference_probs(FLAT, 1.0, 0, 0.5)
     assert (probs > 0).sum() > CANDIDATES
-    assert_drawn_from(draw_counts(logits, 1.0, 0, 0.5), probs)
-    assert_drawn_from(draw_counts(logits, 1.0, 100, 1.0), reference_probs(logits, 1.0, 100, 1.0))
+    counts, draws, bisected = draw_paths(FLAT, 1.0, 0, 0.5)
+    assert_drawn_from(counts, probs)
+    assert (draws >= 1).all() and 1.7 < draws.mean() < 2.1 and bisected.mean() < 0.01
+    counts, draws, bisected = draw_paths(FLAT, 1.0, 100, 1.0)
+    assert_drawn_from(counts, reference_probs(FLAT, 1.0, 100, 1.0))
+    assert (draws == 0).all() and bisected.all()
+
+
+@pytest.mark.parametrize("attempts", [1, 3, REJECTION_ATTEMPTS])
+def test_rows_rejected_up_to_the_cap_and_then_bisected_follow_the_filtered_softmax(attempts):
+    """Top-p 0.3 of a flat row: ~70% of the draws are rejected, so many rows reach the cap and
+    draw by bisection; the mixture of both paths is still the filtered softmax."""
+    probs = reference_probs(FLAT, 0.8, 0, 0.3)
+    counts, draws, bisected = draw_paths(FLAT, 0.8, 0, 0.3, attempts)
+    assert_drawn_from(counts, probs)
+    assert (draws >= 1).all() and draws.max() == attempts
+    share = (1 - 0.3) ** attempts  # about: the set's mass is a little over 0.3
+    assert 0.5 * share < bisected.mean() < 1.1 * share, (bisected.mean(), share)
+    assert (draws[bisected] == attempts).all()
+
+
+def test_ties_at_the_top_p_threshold_are_all_kept_by_rejection():
+    """Flat logits on a grid of 0.05: the last kept value is shared by many tokens, all kept."""
+    logits = jnp.round(FLAT * 20) / 20
+    for top_p in (0.3, 0.6):
+        probs = reference_probs(logits, 1.0, 0, top_p)
+        at_threshold = np.asarray(logits) == np.asarray(logits)[probs > 0].min()
+        assert at_threshold.sum() > 5 and (probs[at_threshold] > 0).all()
+        counts, draws, _ = draw_paths(logits, 1.0, 0, top_p)
+        assert_drawn_from(counts, probs)
+        assert (draws >= 1).all()
 
 
 def test_a_vocabulary_not_a_multiple_of_the_block():
@@ -114,6 +158,22 @@ def test_kept_sets_are_those_of_a_sort(ties):
     for r, settings in enumerate(MIXED):
         expected = reference_probs(x[r], *settings) > 0
         np.testing.assert_array_equal(kept[r], expected, err_msg=f"row {r}: {settings}")
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_the_rejection_rule_keeps_the_sets_of_a_sort(ties):
+    """`in_top_p` (a token is kept iff the mass of the tokens more likely than it is < p), for
+    every token of the top-p rows of MIXED, equals the sort's set, ties at the threshold kept."""
+    rows = [r for r, (_, k, p) in enumerate(MIXED) if k == 0 and p < 1]
+    x = jax.random.normal(jax.random.key(3), (len(MIXED), 700)) * 2.5
+    x = (jnp.round(x * 4) / 4 if ties else x)[jnp.array(rows)]
+    t, _, p = (jnp.array(c)[jnp.array(rows)] for c in zip(*MIXED))
+    kept = jax.vmap(lambda token: in_top_p(x, t, p, jnp.full(len(rows), token)), out_axes=1)(
+        jnp.arange(700)
+    )
+    for i, r in enumerate(rows):
+        expected = reference_probs(x[i], *MIXED[r]) > 0
+        np.testing.assert_array_equal(kept[i], expected, err_msg=f"row {r}: {MIXED[r]}")
 
 
 def test_top_k_keeps_exactly_the_k_best():
@@ -161,6 +221,18 @@ def test_a_rows_draw_depends_on_its_key_and_step_only():
             assert with_flat[0] == alone
             per_row = choose(logits, keys, jnp.full((7,), step), t0, k0, p0)
             np.testing.assert_array_equal(per_row, batch)
+
+
+def test_a_rejection_rows_draw_depends_on_its_key_and_step_only():
+    """A flat top-p row draws the same token alone or beside rows that need more attempts."""
+    logits = jnp.stack([FLAT, FLAT[::-1], FLAT * 2])
+    keys = jax.random.split(jax.random.key(8), 3)
+    t, k, p = jnp.array([1.0, 0.7, 1.0]), jnp.zeros(3, jnp.int32), jnp.array([0.5, 0.2, 0.1])
+    choose = jax.jit(choose_tokens_and_paths)
+    for step in range(8):
+        alone, draws, _ = choose(logits[:1], keys[:1], step, t[:1], k[:1], p[:1])
+        batch, batch_draws, _ = choose(logits, keys, step, t, k, p)
+        assert batch[0] == alone[0] and batch_draws[0] == draws[0] >= 1
 
 
 def test_greedy_rows_take_the_first_argmax():

@@ -18,12 +18,22 @@ work on a few blocks:
   block sums) reaches p; the draw is the same inverse CDF over the kept candidates. Ties at the
   last kept value are all kept (a token equal to the k-th largest is kept too; likewise for the
   top-p threshold), as in `top_k_mask` / `top_p_mask`.
-- exact fallback, taken (`lax.cond`) only when some row needs it: top_k >= C, a top-p set that
-  the candidates do not hold (a flat distribution), or ties at the last kept value reaching the
-  C-th candidate (tokens beyond the candidates could be tied). It filters the whole vocabulary
-  by bisection (`top_k_mask`, `top_p_mask`: 32 passes each) and draws by the inverse CDF.
+- rows the candidates cannot settle (a top-p set that they do not hold, as in a flat
+  distribution, or ties at the last kept value reaching the C-th candidate: tokens beyond them
+  could be tied), taken (`lax.cond`) only when some row needs it:
+  - top-p alone (top-k off): rejection sampling (`_draw_nucleus`). The row's draw from the whole
+    tempered softmax (above) is kept iff the mass of the tokens more likely than it is < p: the
+    sort's rule, ties at the threshold kept (a kept token's more likely tokens all come before
+    the threshold's first position, whose prefix mass is < p; a removed one's include every
+    kept token, whose mass is >= p). One pass tests it; a rejected row draws again from the
+    block sums it already has (cheap) with a fresh uniform. A kept draw follows the filtered
+    softmax exactly and is kept with probability the set's mass (>= p): ~1 / p draws.
+  - otherwise (top_k >= C, top-k with top-p), and rows still rejected after
+    `REJECTION_ATTEMPTS` draws: filters the whole vocabulary by bisection (`top_k_mask`,
+    `top_p_mask`: 32 passes each) and draws by the inverse CDF.
 
-A row's uniform comes from `jax.random.fold_in(keys[b], step[b])` alone, so its draw depends on
+A row's uniform comes from `jax.random.fold_in(keys[b], step[b])` alone (a rejection row's
+further uniforms from fold_ins of that key with the attempt number), so its draw depends on
 neither its batch neighbours nor the batch size. An all-greedy batch skips all of the sampling.
 
 On XLA:CPU the per-block reductions run on the logits viewed as [B * V / 128, 128] rows, with the
@@ -44,6 +54,7 @@ _NEG = -1e30
 _BISECTION_STEPS = 32
 BLOCK = 128  # tokens per block
 CANDIDATES = 64  # C: top-k / top-p look at this many of the largest logits per row
+REJECTION_ATTEMPTS = 8  # draws per row before a top-p row the candidates miss goes to bisection
 
 
 def check_sampling(temperature: float, top_p: float, top_k: int) -> None:
@@ -124,10 +135,17 @@ def first_argmax(x: Array) -> Array:
 # --- drawing by inverse CDF -----------------------------------------------------------------
 
 
-def _uniforms(keys: Array, step: Array) -> Array:
-    """One uniform in [0, 1) per row from fold_in(keys[b], step[b]); `step` a scalar or [B]."""
+def _step_keys(keys: Array, step: Array) -> Array:
+    """fold_in(keys[b], step[b]) per row; `step` a scalar or [B]."""
     steps = jnp.broadcast_to(jnp.asarray(step, jnp.int32), keys.shape[:1])
-    return jax.vmap(lambda k, s: jax.random.uniform(jax.random.fold_in(k, s)))(keys, steps)
+    return jax.vmap(jax.random.fold_in)(keys, steps)
+
+
+def _uniforms(keys: Array, attempt: Array | None = None) -> Array:
+    """One uniform in [0, 1) per row from keys[b], or from fold_in(keys[b], attempt)."""
+    if attempt is not None:
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, attempt)
+    return jax.vmap(jax.random.uniform)(keys)
 
 
 def _search(weights: Array, target: Array) -> tuple[Array, Array]:
@@ -236,6 +254,49 @@ def _exact_filter(logits, inv_t, top_k, top_p) -> Array:
     return top_p_mask(filtered, top_p)
 
 
+# --- top-p by rejection ----------------------------------------------------------------------
+
+
+def _in_top_p(blocks: Array, top: Array, inv_t: Array, total: Array, top_p, token) -> Array:
+    """[B] bool: whether the row's `token` is in its top-p set (top-k off): the mass of the
+    tokens more likely than it (a strictly greater logit) is < top_p; one pass."""
+    b, nb, k = blocks.shape
+    x = _take(blocks.reshape(b, nb * k), token)
+    more_likely = lambda rows, top, inv_t, x: jnp.sum(
+        jnp.where(rows > x, jnp.exp((rows - top) * inv_t), 0.0), axis=-1
+    )
+    return _per_block(blocks, [top, inv_t, x], more_likely).sum(-1) < top_p * total
+
+
+def in_top_p(logits: Array, temperature: Array, top_p: Array, token: Array) -> Array:
+    """[B] bool: whether token[b] is in row b's top-p set of softmax(logits / temperature)
+    (top-k off), by the rule that rejection sampling tests (for tests and inspection)."""
+    blocks = _blocks(logits)
+    inv_t = 1.0 / jnp.maximum(temperature, 1e-6)
+    top = _block_max(blocks).max(-1)
+    total = _block_sums(blocks, top, inv_t).sum(-1)
+    return _in_top_p(blocks, top, inv_t, total, top_p, token)
+
+
+def _draw_top_p(blocks, sums, top, inv_t, top_p, step_keys, first, rows, attempts: int):
+    """Top-p draws by rejection for `rows` [B] (top-k off), given `first`, their draws from the
+    whole softmax with the step's uniform: draw i (i >= 1) uses fold_in(step key, i). Returns
+    (tokens, draws made per row (0 outside `rows`), rows still rejected after `attempts`)."""
+    total = sums.sum(-1)
+    test = lambda token: _in_top_p(blocks, top, inv_t, total, top_p, token)
+
+    def again(state):
+        attempt, token, kept, draws = state
+        fresh = _draw_blocks(blocks, sums, top, inv_t, _uniforms(step_keys, attempt))
+        token = jnp.where(kept, token, fresh)
+        return attempt + 1, token, kept | test(token), draws + ~kept
+
+    more = lambda state: (state[0] < attempts) & ~jnp.all(state[2])
+    state = (jnp.int32(1), first, ~rows | test(first), rows.astype(jnp.int32))
+    _, token, kept, draws = jax.lax.while_loop(more, again, state)
+    return token, draws, ~kept
+
+
 # --- the choice -----------------------------------------------------------------------------
 
 
@@ -252,13 +313,25 @@ def choose_tokens(
     logits [B, V]; keys [B] PRNG keys; step a scalar or [B] (folded into the row's key);
     temperature, top_p [B] float; top_k [B] int.
     """
+    return choose_tokens_and_paths(logits, keys, step, temperature, top_k, top_p)[0]
+
+
+def choose_tokens_and_paths(
+    logits: Array, keys: Array, step: Array, temperature: Array, top_k: Array, top_p: Array,
+    attempts: int = REJECTION_ATTEMPTS,
+) -> tuple[Array, Array, Array]:  # fmt: skip
+    """`choose_tokens`, with `attempts` draws at most per rejection row, and the paths taken:
+    (tokens [B], rejection draws made per row [B] (0: not that path), rows drawn by bisection
+    [B] bool)."""
     vocab = logits.shape[-1]
     blocks = _blocks(logits)
     block_max = _block_max(blocks)
     greedy = _argmax_in_blocks(blocks, block_max, vocab)
+    none = jnp.zeros(greedy.shape, jnp.int32), jnp.zeros(greedy.shape, bool)
 
     def sample():
-        u = _uniforms(keys, step)
+        step_keys = _step_keys(keys, step)
+        u = _uniforms(step_keys)
         inv_t = 1.0 / jnp.maximum(temperature, 1e-6)
         top = block_max.max(-1)
         sums = _block_sums(blocks, top, inv_t)
@@ -269,19 +342,37 @@ def choose_tokens(
             args = (top, inv_t, sums.sum(-1), top_k, top_p, vocab)
             kept, ids, exact = _filter_candidates(blocks, block_max, *args)
             drawn = _take(ids, _search(kept, u * kept.sum(-1))[0])
+            exact &= filtered
+            k_on = (top_k > 0) & (top_k < vocab)
+            by_rejection = exact & ~k_on
+
+            def reject():
+                args = (blocks, sums, top, inv_t, top_p, step_keys, plain, by_rejection)
+                token, draws, rejected = _draw_top_p(*args, attempts)
+                return jnp.where(by_rejection, token, drawn), draws, rejected
+
+            drawn, draws, rejected = jax.lax.cond(
+                jnp.any(by_rejection), reject, lambda: (drawn, *none)
+            )
+            # A row rejected `attempts` times draws by bisection with a uniform no attempt used,
+            # so that draw is independent of the rejections and follows the filtered softmax q.
+            # With m the top-p set's mass, the row's token is then x with probability
+            # sum_i (1 - m)^(i - 1) m q(x) over the attempts, plus (1 - m)^attempts q(x): q(x).
+            bisect = (exact & k_on) | rejected
+            u_exact = jnp.where(rejected, _uniforms(step_keys, attempts), u)
             drawn = jax.lax.cond(
-                jnp.any(exact & filtered),
+                jnp.any(bisect),
                 lambda: jnp.where(
-                    exact, _draw_full(_exact_filter(logits, inv_t, top_k, top_p), u), drawn
+                    bisect, _draw_full(_exact_filter(logits, inv_t, top_k, top_p), u_exact), drawn
                 ),
                 lambda: drawn,
             )
-            return jnp.where(filtered, drawn, plain)
+            return jnp.where(filtered, drawn, plain), draws, bisect
 
-        drawn = jax.lax.cond(jnp.any(filtered), with_filters, lambda: plain)
-        return jnp.where(temperature > 0, drawn, greedy)
+        drawn, draws, bisect = jax.lax.cond(jnp.any(filtered), with_filters, lambda: (plain, *none))
+        return jnp.where(temperature > 0, drawn, greedy), draws, bisect
 
-    return jax.lax.cond(jnp.any(temperature > 0), sample, lambda: greedy)
+    return jax.lax.cond(jnp.any(temperature > 0), sample, lambda: (greedy, *none))
 
 
 def kept_tokens(logits: Array, temperature: Array, top_k: Array, top_p: Array) -> Array:
