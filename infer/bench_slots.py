@@ -128,10 +128,11 @@ def run_static(model, tok, requests, slots: int):
         batch = requests[start : start + slots]
         rows = len(batch)
         batch = batch + [batch[-1]] * (slots - rows)  # one compiled shape
-        pparams, sampling, max_new = (
+        pparams, sampling, _, max_new = (
             jax.tree.map(lambda *x: jnp.concatenate([jnp.atleast_1d(a) for a in x]), *items)
             for items in zip(*(Engine._row(r, 0) for r in batch), strict=True)
         )  # fmt: skip
+        sampling = sampling.replace(keys=jax.vmap(jax.random.fold_in, (0, None))(sampling.keys, 0))
         state = sampler.start(
             graphdef, params, [list(r.prompt) for r in batch], pparams, tok, width
         )

@@ -127,11 +127,15 @@ def prefill(graphdef, params, tokens: Array, valid: Array) -> tuple[KVCache, Arr
 
 
 @functools.partial(jax.jit, donate_argnames=("state",))
-def insert(state: LoopState, prefix: KVCache, logits, row, slot, pparams, sampling, max_new):
+def insert(
+    state: LoopState, prefix: KVCache, logits, row, slot, pparams, sampling, sample, max_new
+):
     """Slot `slot` of `state` takes row `row` of a prefill: its prompt's keys and values (slots
     0..P-1 of the slot's cache), next-token logits, and a fresh policy state for `pparams` [1],
-    with `sampling` [1] and `max_new`."""
+    with `sampling` [1] (its key the request's: sample `sample` draws from fold_in(key, sample))
+    and `max_new`. Every argument but the state and the prefill may be a host (numpy) value."""
     sampler.TRACE_COUNT["insert"] += 1
+    sampling = sampling.replace(keys=jax.vmap(jax.random.fold_in)(sampling.keys, sample[None]))
     heads = prefix.k[0].shape[0] // prefix.valid.shape[0]
     put = lambda big, x: jax.lax.dynamic_update_index_in_dim(big, x, slot, 0)
     put_rows = lambda big, small: jax.tree.map(
@@ -296,15 +300,16 @@ class Engine:
 
     @staticmethod
     def _row(request: Request, j: int):
-        """(pparams [1], sampling [1], max_new) of sample j of `request`."""
-        pparams = PolicyParams(*(jnp.array([x], jnp.int32) for x in request.mode))
+        """`insert`'s (pparams [1], sampling [1], sample index, max_new) for sample j of
+        `request`, as host values (no device work until `insert` runs)."""
+        pparams = PolicyParams(*(np.array([x], np.int32) for x in request.mode))
         sampling = Sampling(
-            temperature=jnp.array([request.temperature], jnp.float32),
-            top_k=jnp.array([request.top_k], jnp.int32),
-            top_p=jnp.array([request.top_p], jnp.float32),
-            keys=jax.random.fold_in(request.key, j)[None],
+            temperature=np.array([request.temperature], np.float32),
+            top_k=np.array([request.top_k], np.int32),
+            top_p=np.array([request.top_p], np.float32),
+            keys=request.key[None],
         )
-        return pparams, sampling, jnp.int32(request.max_new_tokens)
+        return pparams, sampling, np.int32(j), np.int32(request.max_new_tokens)
 
 
 def _output_matrix(graphdef, params, slots: int):
