@@ -1,7 +1,8 @@
-"""Decoding: the compiled sampler, token choice, the `generate` front end, and hybrid decoding
+"""Decoding: the compiled step loop, the slot engine that feeds it (continuous batching), token
+choice, the `generate` front end with its `GenerateConfig`, and hybrid decoding
 (`hybrid_generate`: a thinking model steering a base model)."""
 
-from jaxthink.decode.generate import Generation, generate
+from jaxthink.decode.generate import GenerateConfig, Generation, generate
 from jaxthink.decode.hybrid import HybridGeneration, hybrid_generate
 
-__all__ = ["Generation", "HybridGeneration", "generate", "hybrid_generate"]
+__all__ = ["GenerateConfig", "Generation", "HybridGeneration", "generate", "hybrid_generate"]
