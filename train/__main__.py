@@ -1,4 +1,5 @@
 """`python -m train sft|rl|sae|steer --config FILE.yaml [key=value ...]`, `python -m train bench`,
+`python -m train bench --model DIR` (an RL step on any checkpoint, beside TRL's GRPOTrainer),
 `python -m train plot RUN_DIR... --out FILE.png [--key think_ratio]` (runs side by side).
 
 A config is a YAML file of a typed dataclass (`jaxthink.training.config.SFTConfig` /
@@ -19,7 +20,7 @@ COMMANDS = {
     "rl": "on-policy DeGRPO / GRPO rounds (rollout, rewards, updates)",
     "sae": "reasoning taxonomy: thinking traces, sentence vectors, top-k SAE grid, reports",
     "steer": "steering vectors on the base model for the clusters of one SAE run",
-    "bench": "seconds per RL step (rollout, log-probs, update) and tokens/s",
+    "bench": "seconds (by phase), tokens/s and memory of an RL step; --model DIR: beside TRL",
     "plot": "one metric of several runs over steps (e.g. DeGRPO against GRPO)",
 }
 

@@ -35,9 +35,13 @@ full-batch loss and gradient from micro-batches:
     # sum_k loss_k == policy_loss(full batch)[0], and the summed grads are its gradient.
 
 Exact batch-level diagnostics: sum `loss_terms(...)` over micro-batches with `merge_terms`, then
-`summarize_terms`. Rows whose mask is all zero (batch padding) contribute nothing and are not
-counted as sequences. A response that is only its control token (T_i = 0) is handled: its
-response weight is guarded, it adds nothing to the response term.
+`summarize_terms`. The same loss as a sum of per-token shares: `token_loss` with
+`token_coefficients(mask, cfg, den)`; each share depends on its own token's log-prob and entropy
+only, which is what lets the trainer take the loss's gradient a chunk of logits at a time.
+
+Rows whose mask is all zero (batch padding) contribute nothing and are not counted as sequences.
+A response that is only its control token (T_i = 0) is handled: its response weight is guarded,
+it adds nothing to the response term.
 """
 
 from __future__ import annotations
@@ -208,6 +212,51 @@ def loss_terms(
         "kl_mean": Term((mask * kl).sum(), num_tokens),
         "entropy_mean": Term((mask * ent).sum(), num_tokens),
     }
+
+
+def token_coefficients(
+    mask: jax.Array, cfg: LossConfig, denominators: dict[str, jax.Array]
+) -> dict[str, jax.Array]:
+    """Per-token weights [B, T] of the loss as a sum over tokens (see `token_loss`): the
+    clipped surrogate's ("surrogate": control and response weights over their denominators),
+    the KL's and the entropy's, the coefficients folded in. Depend on the mask only."""
+    mask = jnp.asarray(mask, jnp.float32)
+    w = _token_weights(mask, cfg)
+    den = {k: jnp.maximum(jnp.asarray(denominators[k], jnp.float32), 1.0) for k in LOSS_TERMS}
+    return {
+        "surrogate": cfg.control_coef * w["control"] / den["control"]
+        + w["response"] / den["response"],
+        "kl": cfg.kl_coef * w["kl"] / den["kl"],
+        "entropy": -cfg.entropy_coef * mask / den["entropy"],
+    }
+
+
+def token_loss(
+    logp: jax.Array,
+    old_logp: jax.Array,
+    advantages: jax.Array,
+    mask: jax.Array,
+    coefficients: dict[str, jax.Array],
+    cfg: LossConfig,
+    ref_logp: jax.Array | None = None,
+    entropy: jax.Array | None = None,
+) -> jax.Array:
+    """Each token's share of the loss, elementwise: surrogate * l + kl * k3 + entropy * H with
+    `token_coefficients`. Summed over a batch it is `combine_terms` of its `loss_terms` with
+    the same denominators, and each token's term depends on that token alone, so its
+    derivatives can be taken a chunk of positions at a time (jaxthink.training.logprobs).
+    Advantages are [B] or any shape that broadcasts against the mask's."""
+    valid = jnp.asarray(mask) > 0
+    real = lambda x: jnp.where(valid, jnp.asarray(x, jnp.float32), 0.0)
+    logp = real(logp)
+    adv = jnp.asarray(advantages, jnp.float32)
+    per_token = clipped_surrogate(logp, real(old_logp), adv, cfg.clip_eps)[0]
+    out = coefficients["surrogate"] * per_token
+    if ref_logp is not None:
+        out = out + coefficients["kl"] * k3_kl(logp, real(ref_logp))
+    if entropy is not None:
+        out = out + coefficients["entropy"] * real(entropy)
+    return out
 
 
 def merge_terms(*parts: dict) -> dict:

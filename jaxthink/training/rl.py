@@ -7,6 +7,13 @@ One step:
       --shuffle rows, split into `mini_batches`; each: accumulate policy-loss gradients over
         micro-batches, one AdamW update--> params
 
+Old log-probs are computed only for the rows of the second and later mini-batches: the first
+update runs on the rollout's own parameters, so its old log-probs are the current ones (held
+constant, as `micro_batch_terms` does without "old_logp"); with one update per step and no KL
+there is no log-prob pass at all. The update fuses the head's forward and backward passes over
+the loss's per-token shares (`fused_micro_batch_loss`): the same loss and gradient as autodiff
+of `micro_batch_terms`, in three head products per chunk of logits instead of four.
+
 `make_rl_update(graphdef, tx, loss_cfg, temperature)` is a pure function of
 (params, opt_state, batch) whose batch leaves carry a leading micro-batch axis [M, m, ...].
 The loss of a mini-batch is assembled from (sum, denominator) terms (jaxthink.rl.losses): the
@@ -45,11 +52,16 @@ from jaxthink.rl import (
     summarize_terms,
     with_denominators,
 )
-from jaxthink.rl.losses import LossConfig
+from jaxthink.rl.losses import LossConfig, token_coefficients, token_loss
 from jaxthink.sharding import SAMPLE_RULES
 from jaxthink.training import run as runlib
 from jaxthink.training.config import OptimConfig, RLConfig
-from jaxthink.training.logprobs import response_logprobs
+from jaxthink.training.logprobs import (
+    head_gradients,
+    head_surrogate,
+    response_hidden,
+    response_logprobs,
+)
 from jaxthink.training.mesh import Layout, run_mesh
 from jaxthink.training.metrics import MetricsLog, console_line, plot_metric
 from jaxthink.training.model_setup import build_model
@@ -64,16 +76,19 @@ SEQUENCE_KEYS = ("prompt_tokens", "prompt_valid", "response_tokens", "response_m
 def micro_batch_terms(
     graphdef, params, micro: dict, cfg: LossConfig, temperature: float, remat: bool = False
 ):
-    """`loss_terms` of one micro-batch, its log-probs and entropies recomputed from `params`."""
+    """`loss_terms` of one micro-batch, its log-probs and entropies recomputed from `params`.
+    Without "old_logp" the rows are on-policy: the old log-probs are the current ones, held
+    constant (the first update after a rollout)."""
     logp, entropy = response_logprobs(
         nnx.merge(graphdef, params),
         *(micro[k] for k in SEQUENCE_KEYS),
         temperature,
         remat=remat,
     )
+    old = micro.get("old_logp")
     return loss_terms(
         logp,
-        micro["old_logp"],
+        jax.lax.stop_gradient(logp) if old is None else old,
         micro["advantages"],
         micro["response_mask"],
         cfg,
@@ -82,15 +97,62 @@ def micro_batch_terms(
     )
 
 
+def fused_micro_batch_loss(
+    graphdef, params, micro: dict, cfg: LossConfig, temperature: float, den, remat: bool = False
+):
+    """(loss, terms) of one micro-batch with the batch's denominators `den`: the same value and
+    gradient as `combine_terms` of `micro_batch_terms`, the head's forward and backward passes
+    fused (jaxthink.training.logprobs.head_gradients over the loss's per-token shares)."""
+    sg = jax.lax.stop_gradient
+    model = nnx.merge(graphdef, params)
+    hidden = response_hidden(model, *(micro[k] for k in SEQUENCE_KEYS), remat=remat)
+    mask = micro["response_mask"]
+    adv = micro["advantages"]
+    data = {
+        **token_coefficients(mask, cfg, den),
+        "mask": mask,
+        "advantages": jnp.broadcast_to(adv[:, None] if adv.ndim == 1 else adv, mask.shape),
+        **{k: micro[k] for k in ("old_logp", "ref_logp") if k in micro},
+    }
+
+    def token_grads(logp, entropy, d):
+        def shares(logp, entropy):
+            old = d.get("old_logp", sg(logp))
+            ref = d.get("ref_logp")
+            return token_loss(logp, old, d["advantages"], d["mask"], d, cfg, ref, entropy).sum()
+
+        return jax.grad(shares, argnums=(0, 1))(logp, entropy)
+
+    frozen = nnx.merge(graphdef, sg(params))
+    logp, entropy, d_hidden, d_head = head_gradients(
+        frozen, sg(hidden), micro["response_tokens"], temperature, token_grads, data
+    )
+    valid = mask > 0
+    logp, entropy = jnp.where(valid, logp, 0.0), jnp.where(valid, entropy, 0.0)
+    old = micro.get("old_logp", logp)
+    terms = loss_terms(logp, old, adv, mask, cfg, micro.get("ref_logp"), entropy)
+    loss = combine_terms(with_denominators(terms, den), cfg)
+    return loss + head_surrogate(model, hidden, d_hidden, d_head), terms
+
+
 def accumulate_gradients(
-    graphdef, params, batch: dict, cfg: LossConfig, temperature: float, remat: bool = False
+    graphdef,
+    params,
+    batch: dict,
+    cfg: LossConfig,
+    temperature: float,
+    remat: bool = False,
+    fused: bool = True,
 ):
     """(loss, grads, terms) of a mini-batch whose leaves are [M, m, ...], summed over the M
-    micro-batches; equal to the loss and gradient of the M*m rows at once."""
+    micro-batches; equal to the loss and gradient of the M*m rows at once. `fused`: the head's
+    passes fused (`fused_micro_batch_loss`); otherwise plain autodiff of `micro_batch_terms`."""
     mask = batch["response_mask"]
     den = loss_denominators(mask.reshape(-1, mask.shape[-1]), cfg)
 
     def loss_fn(p, micro):
+        if fused:
+            return fused_micro_batch_loss(graphdef, p, micro, cfg, temperature, den, remat)
         terms = micro_batch_terms(graphdef, p, micro, cfg, temperature, remat)
         return combine_terms(with_denominators(terms, den), cfg), terms
 
@@ -286,13 +348,19 @@ def rl_step(setup: RLSetup, params, opt_state, records: list[dict], key: jax.Arr
     del model  # the sampling copy of the parameters is not needed past the rollout
     t1 = time.perf_counter()
     arrays = training_arrays(rollout, cfg)
-    arrays["old_logp"] = batch_logprobs(setup, params, arrays, cfg.micro_rows)
+    order = np.asarray(jax.random.permutation(order_key, rollout.rows))
+    later = order[rollout.rows // cfg.mini_batches :]  # rows updated after the first update
+    if later.size:  # their old log-probs: the first update moves the parameters
+        rows = {k: arrays[k][later] for k in SEQUENCE_KEYS}
+        arrays["old_logp"] = np.zeros(arrays["response_mask"].shape, np.float32)
+        arrays["old_logp"][later] = batch_logprobs(setup, params, rows, cfg.micro_rows)
     if setup.ref_params is not None:
         arrays["ref_logp"] = batch_logprobs(setup, setup.ref_params, arrays, cfg.micro_rows)
     t2 = time.perf_counter()
-    order = np.asarray(jax.random.permutation(order_key, rollout.rows))
     updates = []
-    for mini in mini_batches(arrays, order, cfg.mini_batches, cfg.micro_rows):
+    batches = mini_batches(arrays, order, cfg.mini_batches, cfg.micro_rows)
+    batches[0].pop("old_logp", None)  # on-policy: its old log-probs are the current ones
+    for mini in batches:
         params, opt_state, metrics = setup.update(params, opt_state, on_mesh(setup, mini, axis=1))
         updates.append(distributed.to_host(metrics))
         if not updates[-1]["finite"]:
