@@ -52,6 +52,7 @@ import jax.numpy as jnp
 Array = jax.Array
 _NEG = -1e30
 _BISECTION_STEPS = 32
+_HUGE = 2.0**100
 BLOCK = 128  # tokens per block
 CANDIDATES = 64  # C: top-k / top-p look at this many of the largest logits per row
 REJECTION_ATTEMPTS = 8  # draws per row before a top-p row the candidates miss goes to bisection
@@ -262,9 +263,14 @@ def _in_top_p(blocks: Array, top: Array, inv_t: Array, total: Array, top_p, toke
     tokens more likely than it (a strictly greater logit) is < top_p; one pass."""
     b, nb, k = blocks.shape
     x = _take(blocks.reshape(b, nb * k), token)
-    more_likely = lambda rows, top, inv_t, x: jnp.sum(
-        jnp.where(rows > x, jnp.exp((rows - top) * inv_t), 0.0), axis=-1
-    )
+
+    def more_likely(rows, top, inv_t, x):
+        # rows > x as min(max((rows - x) * 2^100, 0) * 2^100, 1): 1 for any positive difference
+        # (>= 2^-126; smaller ones flush to zero, a tie), 0 for none. XLA:CPU does not vectorise
+        # a comparison: jnp.where(rows > x, ...) took this pass from 10 ms to 40 at [64, 151936].
+        step = jnp.minimum(jnp.maximum((rows - x) * _HUGE, 0.0) * _HUGE, 1.0)
+        return jnp.sum(jnp.exp((rows - top) * inv_t) * step, axis=-1)
+
     return _per_block(blocks, [top, inv_t, x], more_likely).sum(-1) < top_p * total
 
 
