@@ -215,11 +215,28 @@ def test_bench_prints_one_row_per_model_and_batch(capsys):
 
     argv = ["--shape", "tiny", "--batch", "2", "--new-tokens", "6", "--repeats", "1"]
     bench.main([*argv, "--min-seconds", "0"])
-    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| tiny")]
-    assert len(rows) == 1
+    out = capsys.readouterr().out
+    rows = [r for r in out.splitlines() if r.startswith("| tiny")]
+    assert len(rows) == 1 and "later calls reuse that layout" in out
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
-    assert cells[1] == "2" and len(cells) == 9
+    assert cells[1] == "2" and len(cells) == 12
     assert all(np.isfinite(float(c.rstrip("x%"))) for c in cells[2:])
+
+
+def test_bench_end_to_end_is_greedy_generate_on_the_kept_layout(tmp_path):
+    """The bench's end-to-end call emits transformers' greedy tokens, N a row, as `Generation`s
+    in prompt order; a second call runs on the weight layout the first one made."""
+    from infer.bench import end_to_end
+
+    hf = write_tiny_hf(tmp_path, "qwen2", tie_word_embeddings=True)
+    model, _, _ = jaxthink.load(tmp_path, tokenizer=False)
+    expected = hf_greedy(hf, PROMPTS, 12)
+    for rows in (1, 3):
+        (gens, first), (again, second) = (end_to_end(model, PROMPTS[:rows], 12) for _ in "ab")
+        assert [g.token_ids for g in gens] == expected[:rows].tolist()
+        assert [g.prompt_ids for g in gens] == PROMPTS[:rows]
+        assert [g.token_ids for g in again] == [g.token_ids for g in gens]
+        assert second.layout is first.layout
 
 
 def test_bench_rounds_run_at_least_repeats_and_fill_min_seconds():
