@@ -32,9 +32,9 @@ def test_model_bench_prints_jaxthinks_row_and_how_to_install_trl(checkpoint, mon
     out = capsys.readouterr().out
     assert "2 prompts x 2 samples x 8 new tokens, 1 update(s) per step, kl_coef 0.0" in out
     header = next(line for line in out.splitlines() if line.startswith("model "))
-    assert all(c in header for c in COLUMNS + ["tok/s", "peak GB", "step +GB"])
+    assert all(c in header for c in COLUMNS + ["cpu s", "tok/s", "peak GB", "step +GB"])
     cells = row(out, "jaxthink")
-    assert len(cells) == 12 and cells[1].endswith("M") and cells[2] == "4"  # 2 prompts x 2
+    assert len(cells) == 13 and cells[1].endswith("M") and cells[2] == "4"  # 2 prompts x 2
     assert 0 < float(cells[3]) <= 4 * 8  # generated tokens: at most rows x max_new_tokens
     assert all(float(c) >= 0 for c in cells[4:])
     assert bench.INSTALL_HINT in out and 'pip install -e ".[bench]"' in out
@@ -52,7 +52,8 @@ def fake_result(name: str, seconds: float) -> dict:
         "model": name, "params_m": 19.89, "rows": 64, "seconds_rollout": seconds / 2,
         "seconds_logprobs": 0.0, "seconds_update": seconds / 2, "seconds": seconds,
         "generated_tokens": 4096.0, "rollout_tokens_per_s": 8192 / seconds,
-        "tokens_per_s": 6144 / seconds, "peak_rss_gb": 1.5, "step_rss_gb": 0.5,
+        "tokens_per_s": 6144 / seconds, "cpu_seconds": 1.5 * seconds, "peak_rss_gb": 1.5,
+        "step_rss_gb": 0.5,
     }  # fmt: skip
 
 
@@ -64,6 +65,7 @@ def test_side_by_side_table_and_ratio(checkpoint, monkeypatch, capsys):
     assert "8 prompts x 8 samples x 64 new tokens, 1 update(s) per step, kl_coef 0.0" in out
     assert row(out, "jaxthink")[7] == "4.000" and row(out, "trl")[7] == "61.000"
     assert "TRL / jaxthink step seconds: 15.25x (61.00 s / 4.00 s)" in out
+    assert "CPU seconds: 15.25x (91.50 s / 6.00 s)" in out
 
 
 def test_trl_arguments_follow_the_flags(checkpoint, monkeypatch):

@@ -157,6 +157,7 @@ def summarize(name: str, steps: list[dict], args, params_m: float) -> dict:
         "generated_tokens": mean("generated_tokens"),
         "rollout_tokens_per_s": mean("generated_tokens") / mean("seconds_rollout"),
         "tokens_per_s": mean("trained_tokens") / mean("seconds"),
+        "cpu_seconds": mean("cpu_seconds"),
         "peak_rss_gb": max(m["peak_rss"] for m in steps) / 1e9,
         "step_rss_gb": max(m["peak_rss"] - m["start_rss"] for m in steps) / 1e9,
     }
@@ -183,14 +184,18 @@ def bench_jaxthink(args, name: str, model: list[str]) -> dict:
         steps = []
         for i, records in enumerate(step_prompts(args)):
             key, step_key = jax.random.split(key)
-            start = memory.start()
+            start, cpu = memory.start(), time.process_time()
             params, opt_state, metrics = rl_step(setup, params, opt_state, records, step_key)
             jax.block_until_ready(params)
             if i > 0:  # step 0 compiles
-                trained = metrics["tokens_per_s"] * metrics["seconds"]  # prompt + response rows
-                peak = memory.peak()
                 steps.append(
-                    {**metrics, "trained_tokens": trained, "start_rss": start, "peak_rss": peak}
+                    {
+                        **metrics,
+                        "trained_tokens": metrics["tokens_per_s"] * metrics["seconds"],
+                        "cpu_seconds": time.process_time() - cpu,
+                        "start_rss": start,
+                        "peak_rss": memory.peak(),
+                    }
                 )
     return summarize(name, steps, args, model_cfg.num_params / 1e6)
 
@@ -302,12 +307,13 @@ class TRLRounds:
             keys = ("seconds_rollout", "seconds_logprobs", "generated_tokens", "trained_tokens")
             self.current = dict.fromkeys(keys, 0.0)
             self.current["start_rss"] = self.memory.start()
-            self.current["t0"] = time.perf_counter()
+            self.current["t0"], self.current["cpu0"] = time.perf_counter(), time.process_time()
 
     def end(self, step: int) -> None:  # `step` counts the steps done, this one included
         if step % self.per_round == 0:
             r = self.current
             r["seconds"] = time.perf_counter() - r.pop("t0")
+            r["cpu_seconds"] = time.process_time() - r.pop("cpu0")
             r["seconds_update"] = r["seconds"] - r["seconds_rollout"] - r["seconds_logprobs"]
             r["peak_rss"] = self.memory.peak()
             self.done.append(r)
@@ -340,7 +346,8 @@ def run_trl_subprocess(args) -> dict | str:
 def table(results: list[dict]) -> str:
     head = (
         f"{'model':<8} {'params':>8} {'rows':>5} {'gen tok':>8} {'rollout s':>10} "
-        f"{'logprob s':>10} {'update s':>9} {'step s':>8} {'gen tok/s':>10} {'tok/s':>8} "
+        f"{'logprob s':>10} {'update s':>9} {'step s':>8} {'cpu s':>7} {'gen tok/s':>10} "
+        f"{'tok/s':>8} "
         f"{'peak GB':>8} {'step +GB':>9}"
     )
     lines = [head, "-" * len(head)]
@@ -348,7 +355,7 @@ def table(results: list[dict]) -> str:
         lines.append(
             f"{r['model']:<8} {r['params_m']:>7.2f}M {r['rows']:>5} {r['generated_tokens']:>8.0f} "
             f"{r['seconds_rollout']:>10.3f} {r['seconds_logprobs']:>10.3f} "
-            f"{r['seconds_update']:>9.3f} {r['seconds']:>8.3f} "
+            f"{r['seconds_update']:>9.3f} {r['seconds']:>8.3f} {r['cpu_seconds']:>7.2f} "
             f"{r['rollout_tokens_per_s']:>10.0f} {r['tokens_per_s']:>8.0f} "
             f"{r['peak_rss_gb']:>8.2f} {r['step_rss_gb']:>9.2f}"
         )
@@ -358,9 +365,10 @@ def table(results: list[dict]) -> str:
 def legend(args) -> str:
     return (
         "rollout: sampling + grading; logprob: old + reference log-probs; update: "
-        f"{args.mini_batches} optimizer update(s); gen tok/s: generated tokens per rollout "
-        "second; tok/s: prompt + response rows per step second; peak GB: the process's resident "
-        "high-water mark in a step; step +GB: its rise over the step's start"
+        f"{args.mini_batches} optimizer update(s); cpu s: the process's CPU seconds per step (all "
+        "threads; steadier than wall seconds on a shared machine); gen tok/s: generated tokens "
+        "per rollout second; tok/s: prompt + response rows per step second; peak GB: the "
+        "process's resident high-water mark in a step; step +GB: its rise over the step's start"
     )
 
 
@@ -392,7 +400,9 @@ def main_model(args) -> None:
     if isinstance(trl, dict):
         print(
             f"TRL / jaxthink step seconds: {trl['seconds'] / ours['seconds']:.2f}x "
-            f"({trl['seconds']:.2f} s / {ours['seconds']:.2f} s)"
+            f"({trl['seconds']:.2f} s / {ours['seconds']:.2f} s); CPU seconds: "
+            f"{trl['cpu_seconds'] / ours['cpu_seconds']:.2f}x "
+            f"({trl['cpu_seconds']:.2f} s / {ours['cpu_seconds']:.2f} s)"
         )
     elif isinstance(trl, str):
         print(trl)
