@@ -17,9 +17,11 @@ it the bench says so and prints jaxthink's numbers.
 
 One warm-up step compiles everything; the timed steps then report rollout (sampling plus
 grading), log-probs (the old and reference log-probs the update needs; none with one update per
-step and no KL), update (all mini-batch optimizer updates), the whole step, generated tokens per
-second of rollout, trained tokens (prompt + response rows) per second of step, the process's peak
-resident memory during a step and that step's own rise above the memory it started from.
+step and no KL), update (all mini-batch optimizer updates), the whole step, its CPU seconds (the
+process's, all threads: steadier than wall seconds when other work shares the cores), generated
+tokens per second of rollout, trained tokens (prompt + response rows) per second of step, the
+process's peak resident memory during a step and that step's own rise above the memory it
+started from.
 """
 
 from __future__ import annotations
