@@ -100,8 +100,8 @@ def kv_bytes_per_slot(cfg, length: int, dtype) -> int:
 
 
 def memory_budget_bytes() -> int:
-    """KV_BUDGET_FRACTION of the first device's memory (the host's RAM on CPU)."""
-    stats = jax.devices()[0].memory_stats() or {}
+    """KV_BUDGET_FRACTION of this process's first device's memory (the host's RAM on CPU)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
     total = stats.get("bytes_limit") or os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return int(KV_BUDGET_FRACTION * total)
 
