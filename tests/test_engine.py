@@ -1,5 +1,6 @@
 """Continuous batching: slots fed from a queue give every request the tokens it gets alone."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -168,3 +169,22 @@ def test_skewed_lengths_have_a_median_of_an_eighth_of_the_longest():
 
     lengths = skewed_lengths(4000, 256)
     assert max(lengths) == 256 and 28 <= np.median(lengths) <= 36
+
+
+def test_the_batch_one_layout_is_kept_until_the_weights_change(demo_like):
+    """At one slot on CPU the loop runs on a copy of the weights laid out [out, in]: made once
+    and reused while the model holds the same arrays, made again after an update."""
+    from flax import nnx
+
+    model = demo_like[0]
+    first = engine.Engine(model).decoding(1)
+    assert engine.Engine(model).decoding(1) is first
+    old = jax.tree.leaves(nnx.state(model))  # the arrays themselves, before the update
+    before = jax.tree.map(lambda x: x, nnx.state(model))
+    nnx.update(model, jax.tree.map(lambda x: x + 1.0, before))  # new arrays
+    try:
+        again = engine.Engine(model).decoding(1)
+        assert again is not first
+        assert not any(a is b for a in old for b in jax.tree.leaves(again[1]))  # all new
+    finally:
+        nnx.update(model, before)  # the fixture's weights back for the other tests

@@ -40,7 +40,7 @@ Array = jax.Array
 KV_BUDGET_FRACTION = 0.25  # default share of the device's memory the slots' caches may take
 MAX_DEFAULT_SLOTS = {"cpu": 64}  # by backend; elsewhere 512: where a bigger batch stops paying
 MAX_PREFILL_ROWS = 16  # prompts prefilled together
-_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (weights, layout)
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (weight refs, layouts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,20 +203,24 @@ class Engine:
     def decoding(self, slots: int):
         """(graphdef, params, head) the step loop runs on for `slots` rows: the weights as
         `sampler.for_decoding` lays them out and `sampler.output_matrix`'s head. Where either is
-        a copy it is kept with the model and reused while the model holds the same weight arrays,
-        so only the first call pays for it."""
+        a copy it is kept with the model and reused while the model holds the same weight arrays
+        (checked through weak references, so weights an optimizer has replaced are not kept
+        alive), so only the first call pays for it."""
         leaves = jax.tree.leaves(self.params)
         kept = _LAYOUTS.get(self.model)
         if (
             kept is None
             or len(kept[0]) != len(leaves)
-            or any(a is not b for a, b in zip(kept[0], leaves, strict=True))
+            or any(ref() is not leaf for ref, leaf in zip(kept[0], leaves, strict=True))
         ):
-            kept = _LAYOUTS[self.model] = (leaves, {})
+            kept = (tuple(weakref.ref(leaf) for leaf in leaves), {})
         if slots not in kept[1]:
             graphdef, params = sampler.for_decoding(self.graphdef, self.params, slots)
             head = _output_matrix(self.graphdef, self.params, slots)
+            if params is self.params and head is None:
+                return graphdef, params, head  # nothing was copied: nothing to keep
             kept[1][slots] = (graphdef, params, head)
+            _LAYOUTS[self.model] = kept
         return kept[1][slots]
 
     def slots_for(self, requests: Sequence[Request], slots: int | None) -> int:
