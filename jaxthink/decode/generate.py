@@ -1,8 +1,10 @@
 """`jaxthink.generate`: prompts and modes in, one `Generation` per sample out.
 
-This layer does everything that is not compiled: it checks the request (before any compilation),
-formats prompts with the checkpoint's chat template plus each mode's prefill, left-pads the
-batch, builds the per-row arrays, runs the sampler and turns its arrays into readable results.
+This layer does everything that is not compiled: it checks the request and its `GenerateConfig`
+(before any compilation), formats prompts with the checkpoint's chat template plus each mode's
+prefill, makes one engine request per prompt (its mode row, sampling row and key), runs the
+continuous-batching engine (`jaxthink.decode.engine`) and turns each finished sample's arrays into
+a readable `Generation`. `stream` yields them as they end; `generate` returns them in order.
 """
 
 from __future__ import annotations

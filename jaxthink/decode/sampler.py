@@ -5,8 +5,11 @@
          -> forward_cached(1 token per row)--> tokens, log-probs, phases, per-row stats
 
 Parameters are passed as an argument (not closed over) so the compiled program does not embed
-them. Everything per-row (mode numbers, temperature, top-k/p) is an array: changing values never
-recompiles; only shapes (batch, prompt length, max_new_tokens, cache length) do.
+them. Everything per-row (mode numbers, temperature, top-k/p, key, step count, max_new_tokens)
+lives in the loop carry: changing values never recompiles; only shapes (rows, prompt length,
+token buffer, cache length) do, and a row may start or end at any step. `run_steps` is the loop
+the slot engine (`jaxthink.decode.engine`) drives; `prefill` + `decode` run one static batch (the
+benchmarks' baseline).
 """
 
 from __future__ import annotations
