@@ -108,7 +108,7 @@ def _demo(args):
     opts = ModeOptions.for_model(model.cfg)
     requests = []
     for mode in DEMO_MODES:
-        req = prepare(tokenizer, questions, mode, 1, opts, True)
+        req = prepare(tokenizer, questions, mode, opts, True)
         for ids, s in zip(encode_prompts(tokenizer, req.prompts), req.setups, strict=True):
             requests.append(Request(
                 prompt=ids, key=prompt_key(0, len(requests)), max_new_tokens=256,

@@ -96,7 +96,7 @@ def test_no_think_prefills_a_finished_thinking_block(demo_like):
     model, tokenizer = demo_like
     from jaxthink.decode.generate import prepare
 
-    req = prepare(tokenizer, QUESTIONS[:1], "no_think", 1, ModeOptions(), chat=True)
+    req = prepare(tokenizer, QUESTIONS[:1], "no_think", ModeOptions(), chat=True)
     assert req.prompts[0] == "Q: 12+7\nA:<think>\nOkay, I think I have finished thinking.\n</think>"
     for g in gen(demo_like, "no_think"):
         assert g.num_thinking_tokens == 0 and g.chosen_mode == "short" and g.thinking == ""

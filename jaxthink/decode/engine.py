@@ -177,11 +177,8 @@ def empty_slots(cfg, slots: int, length: int, max_new: int, queue: int, dtype) -
     logits = jnp.zeros((slots, cfg.vocab_size), jnp.float32)
     cache = init_cache(cfg, slots, length, dtype)
     state = init_loop(logits, cache, pparams, queue, max_new)
-    keys = jax.vmap(jax.random.key)(zeros.astype(jnp.uint32))
     return state.replace(
-        done=jnp.ones((slots,), bool),
-        sampling=Sampling(zeros.astype(jnp.float32), zeros, zeros.astype(jnp.float32) + 1, keys),
-        max_new=zeros,
+        done=jnp.ones((slots,), bool), sampling=sampler.greedy_rows(slots), max_new=zeros
     )
 
 

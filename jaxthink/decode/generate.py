@@ -59,7 +59,7 @@ class Generation:
 class GenerateRequest:
     """A validated request: everything needed to build the arrays."""
 
-    prompts: list[str]  # formatted prompt text, one per row (n rows per input prompt)
+    prompts: list[str]  # formatted prompt text, one per input prompt
     questions: list[str]
     modes: list[Mode]
     setups: list
@@ -73,27 +73,22 @@ def _as_list(x, n: int, name: str) -> list:
     return list(x)
 
 
-def prepare(tokenizer, questions: Sequence[str], mode, n: int, opts: ModeOptions, chat: bool):
-    """Validates the request and formats every row's prompt. Raises before anything compiles."""
+def prepare(tokenizer, questions: Sequence[str], mode, opts: ModeOptions, chat: bool):
+    """Validates the request and formats each prompt (one row per prompt; its samples share it).
+    Raises before anything compiles."""
     if isinstance(questions, str):
         questions = [questions]
-    if n < 1:
-        raise ValueError(f"n={n}: the number of samples per prompt must be at least 1")
     if not questions:
         raise ValueError("no prompts given")
     control = control_tokens(tokenizer)
     opens = thinking_prefix_in_prompt(tokenizer) if chat else False
     modes = [parse_mode(m) for m in _as_list(mode, len(questions), "mode")]
-    prompts, rows_q, rows_m, setups = [], [], [], []
-    for q, m in zip(questions, modes, strict=True):
-        setup = row_setup(m, opts, control, opens)
-        text = (format_prompt(tokenizer, q) if chat else q) + setup.prefill
-        for _ in range(n):
-            prompts.append(text)
-            rows_q.append(q)
-            rows_m.append(m)
-            setups.append(setup)
-    return GenerateRequest(prompts, rows_q, rows_m, setups)
+    setups = [row_setup(m, opts, control, opens) for m in modes]
+    prompts = [
+        (format_prompt(tokenizer, q) if chat else q) + setup.prefill
+        for q, setup in zip(questions, setups, strict=True)
+    ]
+    return GenerateRequest(prompts, list(questions), modes, setups)
 
 
 @functools.lru_cache(maxsize=8)
@@ -192,7 +187,7 @@ def stream(
     """
     settings = settings or GenerateConfig()
     opts = options or ModeOptions.for_model(getattr(model, "cfg", None))
-    req = prepare(tokenizer, prompts, mode, 1, opts, chat)
+    req = prepare(tokenizer, prompts, mode, opts, chat)
     seed, n, count = settings.seed, settings.n, len(req.prompts)
     if isinstance(seed, Sequence) and len(seed) != count:
         raise ValueError(f"seed: got {len(seed)} seeds for {count} prompts")

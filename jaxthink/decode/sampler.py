@@ -77,13 +77,15 @@ def prefill(graphdef, params, tokens, valid, pparams, max_new: int, queue_width:
     cache = constrain_cache(cache, mesh)
     logits, cache = forward_cached(model, tokens, valid, cache, last_only=True)
     b = tokens.shape[0]
-    unset = Sampling(jnp.zeros((b,)), jnp.zeros((b,), jnp.int32), jnp.ones((b,)), _zero_keys(b))
     state = init_loop(logits[:, 0].astype(jnp.float32), cache, pparams, queue_width, max_new)
-    return state.replace(sampling=unset, max_new=jnp.full((b,), max_new, jnp.int32))
+    return state.replace(sampling=greedy_rows(b), max_new=jnp.full((b,), max_new, jnp.int32))
 
 
-def _zero_keys(b: int) -> Array:
-    return jax.vmap(jax.random.key)(jnp.zeros((b,), jnp.uint32))
+def greedy_rows(b: int) -> Sampling:
+    """Sampling settings of `b` greedy rows with placeholder keys (for rows yet to be set)."""
+    zeros = jnp.zeros((b,), jnp.int32)
+    keys = jax.vmap(jax.random.key)(zeros.astype(jnp.uint32))
+    return Sampling(zeros.astype(jnp.float32), zeros, jnp.ones((b,), jnp.float32), keys)
 
 
 def params_dtype(params) -> jnp.dtype:
