@@ -2,7 +2,7 @@
 
 Both decode the same prompt greedily with the same pair of random-weight models and the same
 random steering file, one prompt (the published algorithm's batch), fp32 on CPU, after warm-up:
-    cached     jaxthink.decode.hybrid: KV caches, one compiled loop, candidates batched
+    cached     jaxthink.decode.hybrid: KV caches, the slot engine's loop, candidates batched
     uncached   jaxthink.decode.hybrid_reference: every sequence re-run in full for every token,
                once per coefficient when the models disagree
 The base model is the thinking model with Gaussian noise on every weight (`--base-noise`, relative
@@ -95,23 +95,18 @@ def warm_reference(thinking, base, steering, prompt_len: int, new_tokens: int) -
 
 
 def bench(args) -> dict:
-    from flax import nnx
-
     from jaxthink.decode.hybrid import DEFAULT_COEFFICIENTS, run_hybrid
     from jaxthink.decode.hybrid_reference import hybrid_reference
-    from jaxthink.decode.sampler import for_decoding
 
     thinking, base, cfg = make_pair(args.shape, args.base_noise)
     steering = random_steering(cfg, args.latents, args.vector_norm)
     prompt = np.random.default_rng(1).integers(10, cfg.vocab_size, args.prompt_len).tolist()
     coefficients = DEFAULT_COEFFICIENTS
-    # laid out once, outside the timing, as `hybrid_generate` does once per call
-    thinking_decoding = jax.block_until_ready(for_decoding(*nnx.split(thinking), 1))
     run = lambda: run_hybrid(
         thinking, base, [prompt], [prompt], steering, coefficients=coefficients,
-        max_new_tokens=args.new_tokens, eos_ids=(), thinking_decoding=thinking_decoding,
+        max_new_tokens=args.new_tokens, eos_ids=(),
     )  # fmt: skip
-    cached_state = run()  # warm-up: compiles prefill and the loop
+    (cached_sample,) = run()  # warm-up: compiles, and lays the weights out for one slot
     cached = _best_of(run, args.repeats)
     warm_reference(thinking, base, steering, args.prompt_len, args.new_tokens)
     t0 = time.perf_counter()
@@ -120,7 +115,7 @@ def bench(args) -> dict:
         max_new_tokens=args.new_tokens,
     )  # fmt: skip
     uncached = time.perf_counter() - t0
-    same = ref.tokens == cached_state.tokens[0].tolist()
+    same = ref.tokens == cached_sample.tokens.tolist()
     return dict(
         shape=args.shape, params_m=cfg.num_params / 1e6, new_tokens=args.new_tokens,
         coefficients=len(coefficients), steered=float(np.mean(ref.steered)),

@@ -198,7 +198,7 @@ def _sample_problems(model, tokenizer, chunk, seed, settings, options, generate_
             model, tokenizer, [p.question for p in problems], mode, n=settings.n,
             max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
             top_p=settings.top_p, top_k=settings.top_k, seed=seeds, options=options,
-            batch_size=settings.slots, progress=None,
+            slots=settings.slots, progress=None,
         )  # fmt: skip
     except ValueError as error:
         ids = ", ".join(repr(p.id) for p in problems)

@@ -71,13 +71,13 @@ def generate_fn(base_model, base_tokenizer, steering, coefficients, ablation):
     from jaxthink.decode.hybrid import hybrid_generate
 
     def generate(model, tokenizer, prompts, mode, *, n=1, max_new_tokens=512, temperature=0.0,
-                 seed=0, batch_size=None, progress=None, **_):  # fmt: skip
+                 seed=0, slots=None, progress=None, **_):  # fmt: skip
         if n != 1 or temperature != 0:
             raise ValueError("hybrid decoding is greedy: n must be 1 and temperature 0")
         return hybrid_generate(
             model, base_model, tokenizer, prompts, steering, base_tokenizer=base_tokenizer,
             coefficients=coefficients, ablation=ablation, max_new_tokens=max_new_tokens,
-            seed=seed, batch_size=batch_size, progress=progress,
+            seed=seed, slots=slots, progress=progress,
         )  # fmt: skip
 
     return generate
@@ -101,7 +101,7 @@ def run_cli(args, model, tokenizer, prompts: list[str], max_new: int) -> None:
     t0 = time.perf_counter()
     results = generate(
         model, tokenizer, prompts, "hybrid", max_new_tokens=max_new, seed=args.seed,
-        batch_size=args.slots,
+        slots=args.slots,
     )  # fmt: skip
     for g in results:
         if args.json:

@@ -1,5 +1,6 @@
-"""Hybrid decoding: the cached loop reproduces the uncached published algorithm token for token
-(one-position window, every ablation, early ends), the per-token choice rule, the front end."""
+"""Hybrid decoding: the slot engine's hybrid step reproduces the uncached published algorithm
+token for token (one-position window, every ablation, early ends, any slot count), the per-token
+choice rule, the front end."""
 
 import dataclasses
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxthink.decode import hybrid
-from jaxthink.decode.hybrid import TRACE_COUNT, choose, hybrid_generate, run_hybrid
+from jaxthink.decode import sampler
+from jaxthink.decode.hybrid import choose, hybrid_generate, run_hybrid
 from jaxthink.decode.hybrid_reference import hybrid_reference
 from jaxthink.models import Qwen
 from jaxthink.steer.sae import init_sae
@@ -53,25 +54,44 @@ def test_cached_hybrid_equals_the_uncached_algorithm(pair, ablation):
     thinking, base, tokenizer = pair
     steering = random_steering()
     rows = prompts(tokenizer)
-    state = run_hybrid(
+    keys = [jax.random.fold_in(jax.random.key(7), r) for r in range(len(rows))]
+    out = run_hybrid(
         thinking, base, rows, rows, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
-        eos_ids=(1,), ablation=ablation,
-        keys=jnp.stack([jax.random.fold_in(jax.random.key(7), r) for r in range(len(rows))]),
+        eos_ids=(1,), ablation=ablation, keys=keys,
     )  # fmt: skip
-    chosen = set()
-    for r, row in enumerate(rows):
+    chosen, steered = set(), []
+    for row, sample, key in zip(rows, out, keys, strict=True):
         ref = hybrid_reference(
             thinking, base, row, row, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
-            eos_ids=(1,), ablation=ablation, key=jax.random.fold_in(jax.random.key(7), r),
+            eos_ids=(1,), ablation=ablation, key=jax.random.fold_in(key, 0),  # its sample 0
         )  # fmt: skip
-        n = int(state.lengths[r])
-        assert state.tokens[r, :n].tolist() == ref.tokens
-        assert state.steered[r, :n].tolist() == ref.steered
-        assert state.latents[r, :n].tolist() == ref.latents
-        assert state.coefficient[r, :n].tolist() == ref.coefficients
+        assert sample.tokens.tolist() == ref.tokens
+        assert sample.steered.tolist() == ref.steered
+        assert sample.latents.tolist() == ref.latents
+        assert sample.coefficients.tolist() == ref.coefficients
         chosen |= set(ref.coefficients)
-    assert state.steered.any() and not state.steered.all()  # both branches of the rule ran
+        steered += ref.steered
+    assert any(steered) and not all(steered)  # both branches of the rule ran
     assert len(chosen - {-1}) > 1  # different coefficients won: the steering mattered
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_samples_do_not_depend_on_the_slots(pair, slots):
+    """Fewer slots than prompts: rows queue, start and end at different steps, and each still
+    gets the tokens (and random-latent draws) it gets with a slot per prompt."""
+    thinking, base, tokenizer = pair
+    rows = prompts(tokenizer)
+    rows = rows + [rows[0][:-3] + rows[0][-1:]]  # a fourth, shorter prompt
+    run = lambda n, ablation: run_hybrid(
+        thinking, base, rows, rows, random_steering(seed=3), coefficients=COEFFICIENTS,
+        max_new_tokens=NEW, eos_ids=(1,), ablation=ablation, slots=n,
+    )  # fmt: skip
+    for ablation in ("none", "random_latent"):
+        alone, queued = run(len(rows), ablation), run(slots, ablation)
+        for a, q in zip(alone, queued, strict=True):
+            assert q.tokens.tolist() == a.tokens.tolist()
+            assert q.latents.tolist() == a.latents.tolist()
+            assert q.coefficients.tolist() == a.coefficients.tolist()
 
 
 def test_rows_end_at_their_own_eos_like_the_reference(pair):
@@ -82,8 +102,8 @@ def test_rows_end_at_their_own_eos_like_the_reference(pair):
         thinking, base, rows, rows, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
         eos_ids=(1,),
     )  # fmt: skip
-    eos = int(first.tokens[0, 5])  # a token row 0 emits at step 5 now ends it there
-    state = run_hybrid(
+    eos = int(first[0].tokens[5])  # a token row 0 emits at step 5 now ends it there
+    out = run_hybrid(
         thinking, base, rows, rows, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
         eos_ids=(eos,),
     )  # fmt: skip
@@ -92,8 +112,8 @@ def test_rows_end_at_their_own_eos_like_the_reference(pair):
             thinking, base, row, row, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
             eos_ids=(eos,),
         )  # fmt: skip
-        assert state.tokens[r, : int(state.lengths[r])].tolist() == ref.tokens
-    assert int(state.lengths[0]) <= 6 and state.tokens[0, int(state.lengths[0]) - 1] == eos
+        assert out[r].tokens.tolist() == ref.tokens
+    assert len(out[0].tokens) <= 6 and out[0].tokens[-1] == eos
 
 
 def test_new_coefficient_values_and_ablations_reuse_the_compiled_loop(pair):
@@ -104,10 +124,10 @@ def test_new_coefficient_values_and_ablations_reuse_the_compiled_loop(pair):
         max_new_tokens=NEW, eos_ids=(1,), ablation=ablation,
     )  # fmt: skip
     run(COEFFICIENTS, "none")
-    before = dict(TRACE_COUNT)
+    before = dict(sampler.TRACE_COUNT)
     run((0.1, 0.3, 3.0, 9.0), "random_latent")
     run(COEFFICIENTS, "bias_only")
-    assert dict(TRACE_COUNT) == before
+    assert dict(sampler.TRACE_COUNT) == before
 
 
 def test_choice_rule():
@@ -132,12 +152,13 @@ def test_generate_front_end(pair, tmp_path):
     )  # fmt: skip
     assert [g.prompt for g in out] == list(QUESTIONS)
     rows = prompts(tokenizer)  # the chat template, then the opening of the thinking block
-    state = run_hybrid(
+    keys = [jax.random.fold_in(jax.random.key(0), r) for r in range(len(rows))]  # seed 0's
+    samples = run_hybrid(
         thinking, base, rows, rows, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
-        eos_ids=(1,),
+        eos_ids=(1,), keys=keys,
     )  # fmt: skip
-    for r, g in enumerate(out):
-        assert g.token_ids == state.tokens[r, : int(state.lengths[r])].tolist()
+    for sample, g in zip(samples, out, strict=True):
+        assert g.token_ids == sample.tokens.tolist()
         assert g.mode == "hybrid" and g.num_tokens == len(g.token_ids) == len(g.latents)
         assert g.steered_fraction == g.steered_tokens / g.num_tokens
         assert g.steered_tokens == sum(c is not None for c in g.coefficients)
@@ -148,56 +169,53 @@ def test_generate_front_end(pair, tmp_path):
 
 
 def spy_layouts(monkeypatch) -> list:
-    """Records (thinking, base) `out_in` of every compiled-loop call's weights."""
-    layouts, decode = [], hybrid.decode
+    """Records (thinking, base) `out_in` of the weights every compiled-loop call runs on."""
+    layouts, run_steps = [], sampler.run_steps
 
-    def spy(think_def, think_params, base_def, base_params, *args):
+    def spy(graphdef, params, *args):
+        steer = args[-1]
         out_in = lambda d, p: nnx.merge(d, p).layers[0].mlp.out_in
-        layouts.append((out_in(think_def, think_params), out_in(base_def, base_params)))
-        return decode(think_def, think_params, base_def, base_params, *args)
+        layouts.append((out_in(graphdef, params), out_in(steer.base_def, steer.base_params)))
+        return run_steps(graphdef, params, *args)
 
-    monkeypatch.setattr(hybrid, "decode", spy)
+    monkeypatch.setattr(sampler, "run_steps", spy)
     return layouts
 
 
-def test_one_row_runs_the_thinking_model_on_its_decoding_layout(pair, monkeypatch):
-    """At batch 1 the loop runs the thinking model on `for_decoding`'s [out, in] weights and the
-    base model on its own (its candidates pass has a row per coefficient), and still gives the
-    uncached algorithm's tokens."""
+def test_one_slot_runs_the_thinking_model_on_its_decoding_layout(pair, monkeypatch):
+    """With one slot the loop runs the thinking model on `for_decoding`'s [out, in] weights and
+    the base model on its own (its candidates pass has a row per coefficient), and still gives
+    the uncached algorithm's tokens."""
     thinking, base, tokenizer = pair
     layouts = spy_layouts(monkeypatch)
     steering, row = random_steering(), prompts(tokenizer)[1]
-    state = run_hybrid(
+    (sample,) = run_hybrid(
         thinking, base, [row], [row], steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
         eos_ids=(1,),
     )  # fmt: skip
     ref = hybrid_reference(
         thinking, base, row, row, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
-        eos_ids=(1,), key=jax.random.fold_in(jax.random.key(0), 0),
+        eos_ids=(1,), key=jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0),
     )  # fmt: skip
-    assert layouts == [(True, False)]
-    n = int(state.lengths[0])
-    assert state.tokens[0, :n].tolist() == ref.tokens
-    assert state.coefficient[0, :n].tolist() == ref.coefficients
+    assert layouts and set(layouts) == {(True, False)}
+    assert sample.tokens.tolist() == ref.tokens
+    assert sample.coefficients.tolist() == ref.coefficients
     assert len(set(ref.coefficients) - {-1}) > 1  # the candidates pass ran and mattered
 
 
-def test_generate_lays_the_thinking_model_out_once_per_call(pair, monkeypatch):
-    """One prompt per batch: one `for_decoding` copy serves every batch, and the results are the
-    ones a single batch of all prompts gives."""
+def test_generate_through_one_slot_equals_a_slot_per_prompt(pair, monkeypatch):
     thinking, base, tokenizer = pair
     steering = random_steering()
-    run = lambda batch_size: hybrid_generate(
+    run = lambda slots: hybrid_generate(
         thinking, base, tokenizer, list(QUESTIONS), steering, coefficients=COEFFICIENTS,
-        max_new_tokens=NEW, batch_size=batch_size,
+        max_new_tokens=NEW, slots=slots, ablation="random_latent",
     )  # fmt: skip
     together = run(None)
-    calls, for_decoding = [], hybrid.for_decoding
-    monkeypatch.setattr(hybrid, "for_decoding", lambda *a: calls.append(a[-1]) or for_decoding(*a))
     layouts = spy_layouts(monkeypatch)
     alone = run(1)
-    assert calls == [1] and layouts == [(True, False)] * len(QUESTIONS)
+    assert set(layouts) == {(True, False)}
     assert [g.token_ids for g in alone] == [g.token_ids for g in together]
+    assert [g.latents for g in alone] == [g.latents for g in together]
 
 
 def test_mismatched_models_and_files_are_refused(pair):

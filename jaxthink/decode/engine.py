@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 
 from jaxthink.decode import sampler
 from jaxthink.decode.sampler import LoopState, Sampling, bucket, init_loop, left_pad, params_dtype
@@ -56,6 +56,7 @@ class Request:
     top_p: float = 1.0
     max_new_tokens: int = 512
     samples: tuple[int, ...] = (0,)
+    base_prompt: Sequence[int] | None = None  # hybrid decoding: the prompt as the base reads it
 
 
 @dataclasses.dataclass
@@ -74,6 +75,9 @@ class Sample:
     answer_count: int
     forced_end: bool
     seconds: float  # from its insertion into a slot to its end
+    steered: np.ndarray | None = None  # hybrid decoding: [n] bool, the two greedy tokens differed
+    latents: np.ndarray | None = None  # [n] int32 latent picked at each token
+    coefficients: np.ndarray | None = None  # [n] int32 index of the coefficient emitted, -1 none
 
 
 @dataclasses.dataclass
@@ -116,56 +120,80 @@ def check_slots(slots: int) -> int:
 # The compiled verbs
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def prefill(graphdef, params, tokens: Array, valid: Array) -> tuple[KVCache, Array]:
-    """Left-padded prompts [R, P] into a cache of exactly P slots; (cache, last logits [R, V])."""
+@struct.dataclass
+class Prefix:
+    """Prefilled prompts: their cache, next-token logits and, if asked for, the residual stream
+    after one block at the last position."""
+
+    cache: KVCache  # exactly P slots
+    logits: Array  # [R, V] float32
+    captured: Array | None = None  # [R, E]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "capture_layer"))
+def prefill(graphdef, params, tokens: Array, valid: Array, capture_layer=None) -> Prefix:
+    """Left-padded prompts [R, P] into a cache of exactly P slots."""
     sampler.TRACE_COUNT["prefill"] += 1
     model = nnx.merge(graphdef, params)
     cache = init_cache(model.cfg, tokens.shape[0], tokens.shape[1], params_dtype(params))
-    logits, cache = forward_cached(model, tokens, valid, cache, last_only=True)
-    return cache, logits[:, 0].astype(jnp.float32)
+    out = forward_cached(model, tokens, valid, cache, last_only=True, capture_layer=capture_layer)
+    captured = None if capture_layer is None else out[2][:, 0]
+    return Prefix(out[1], out[0][:, 0].astype(jnp.float32), captured)
 
 
-@functools.partial(jax.jit, donate_argnames=("state",))
-def insert(
-    state: LoopState, prefix: KVCache, logits, row, slot, pparams, sampling, sample, max_new
-):
-    """Slot `slot` of `state` takes row `row` of a prefill: its prompt's keys and values (slots
-    0..P-1 of the slot's cache), next-token logits, and a fresh policy state for `pparams` [1],
-    with `sampling` [1] (its key the request's: sample `sample` draws from fold_in(key, sample))
-    and `max_new`. Every argument but the state and the prefill may be a host (numpy) value."""
-    sampler.TRACE_COUNT["insert"] += 1
-    sampling = sampling.replace(keys=jax.vmap(jax.random.fold_in)(sampling.keys, sample[None]))
+def put(big: Array, x: Array, slot) -> Array:
+    """big[slot] = x."""
+    return jax.lax.dynamic_update_index_in_dim(big, x, slot, 0)
+
+
+def put_cache(cache: KVCache, prefix: KVCache, row, slot) -> KVCache:
+    """Slot `slot` of `cache` takes row `row` of a prefill's cache: its keys and values at
+    positions 0..P-1, its validity, write index and RoPE position."""
     heads = prefix.k[0].shape[0] // prefix.valid.shape[0]
-    put = lambda big, x: jax.lax.dynamic_update_index_in_dim(big, x, slot, 0)
-    put_rows = lambda big, small: jax.tree.map(
-        lambda b, x: jax.lax.dynamic_update_slice_in_dim(b, x, slot, 0), big, small
-    )
 
     def put_kv(big, small):  # row's kv heads (rows row*K ..) at the slot's (rows slot*K ..)
         piece = jax.lax.dynamic_slice_in_dim(small, row * heads, heads, 0).astype(big.dtype)
         return jax.lax.dynamic_update_slice(big, piece, (slot * heads, 0, 0))
 
-    cache, p = state.cache, prefix.length
+    p = prefix.length
     valid = jnp.zeros((cache.length,), bool).at[:p].set(prefix.valid[row])
-    cache = KVCache(
+    return KVCache(
         k=tuple(put_kv(b, s) for b, s in zip(cache.k, prefix.k, strict=True)),
         v=tuple(put_kv(b, s) for b, s in zip(cache.v, prefix.v, strict=True)),
-        valid=put(cache.valid, valid),
-        index=put(cache.index, jnp.int32(p)),
-        pos=put(cache.pos, prefix.pos[row]),
+        valid=put(cache.valid, valid, slot),
+        index=put(cache.index, jnp.int32(p), slot),
+        pos=put(cache.pos, prefix.pos[row], slot),
     )
+
+
+@functools.partial(jax.jit, donate_argnames=("state",))
+def insert(state: LoopState, prefix, row, slot, pparams, sampling, sample, max_new):
+    """Slot `slot` of `state` takes row `row` of a prefill (`prefix`: a `Prefix`, or in hybrid
+    decoding the (thinking, base) pair): its prompt's cache, next-token logits, and a fresh
+    policy state for `pparams` [1], with `sampling` [1] (its key the request's: sample `sample`
+    draws from fold_in(key, sample)) and `max_new`. Every argument but the state and the prefill
+    may be a host (numpy) value."""
+    sampler.TRACE_COUNT["insert"] += 1
+    sampling = sampling.replace(keys=jax.vmap(jax.random.fold_in)(sampling.keys, sample[None]))
+    put_rows = lambda big, small: jax.tree.map(
+        lambda b, x: jax.lax.dynamic_update_slice_in_dim(b, x, slot, 0), big, small
+    )
+    hybrid = state.hybrid
+    if hybrid is not None:
+        prefix, base = prefix
+        hybrid = hybrid.insert(base, prefix.captured[row], row, slot)
     return state.replace(
-        cache=cache,
-        logits=put(state.logits, logits[row]),
-        done=put(state.done, False),
-        lengths=put(state.lengths, 0),
-        finish=put(state.finish, sampler.RUNNING),
-        certainty_sum=put(state.certainty_sum, 0.0),
+        cache=put_cache(state.cache, prefix.cache, row, slot),
+        logits=put(state.logits, prefix.logits[row], slot),
+        done=put(state.done, False, slot),
+        lengths=put(state.lengths, 0, slot),
+        finish=put(state.finish, sampler.RUNNING, slot),
+        certainty_sum=put(state.certainty_sum, 0.0, slot),
         policy=put_rows(state.policy, policy.init_state(pparams, state.policy.queue.shape[1])),
         pparams=put_rows(state.pparams, pparams),
         sampling=put_rows(state.sampling, sampling),
-        max_new=put(state.max_new, max_new),
+        max_new=put(state.max_new, max_new, slot),
+        hybrid=hybrid,
     )
 
 
@@ -187,13 +215,18 @@ def empty_slots(cfg, slots: int, length: int, max_new: int, queue: int, dtype) -
 
 
 class Engine:
-    """Decode slots over one model's weights, for any tokenizer-side `PolicyTokens`."""
+    """Decode slots over one model's weights, for any tokenizer-side `PolicyTokens`.
 
-    def __init__(self, model, pad_id: int = 0):
+    With `hybrid` (a `jaxthink.decode.hybrid.Hybrid`: a base model and its steering) the model is
+    the thinking model of hybrid decoding: every request also gives the base model's prompt, each
+    slot holds both models' caches, and samples carry what was steered."""
+
+    def __init__(self, model, pad_id: int = 0, hybrid=None):
         self.model = model
         self.graphdef, self.params = nnx.split(model)
         self.cfg = model.cfg
         self.pad_id = pad_id
+        self.hybrid = hybrid
         self.mesh = mesh_of(self.params)
         self.stats = Stats()
 
@@ -226,6 +259,8 @@ class Engine:
         wanted = sum(len(r.samples) for r in requests)
         if slots is None:
             per_slot = kv_bytes_per_slot(self.cfg, self.cache_length(requests), self.dtype)
+            if self.hybrid is not None:
+                per_slot += self.hybrid.kv_bytes_per_slot(self.cache_length(requests, base=True))
             cap = MAX_DEFAULT_SLOTS.get(jax.default_backend(), 512)
             slots = max(1, min(wanted, cap, memory_budget_bytes() // per_slot))
         multiple = batch_size_multiple(self.mesh)
@@ -236,8 +271,11 @@ class Engine:
         return params_dtype(self.params)
 
     @staticmethod
-    def cache_length(requests: Sequence[Request]) -> int:
-        return bucket(max(len(r.prompt) for r in requests)) + max_new_of(requests)
+    def cache_length(requests: Sequence[Request], base: bool = False) -> int:
+        """Positions a slot's cache holds: the longest prompt's bucket plus max_new_tokens (of the
+        base model's prompts with `base`)."""
+        prompt = lambda r: r.base_prompt if base else r.prompt
+        return bucket(max(len(prompt(r)) for r in requests)) + max_new_of(requests)
 
     def run(
         self, requests: Sequence[Request], tok: PolicyTokens, slots: int | None = None
@@ -251,6 +289,13 @@ class Engine:
         self.stats.kv_bytes_per_slot = kv_bytes_per_slot(self.cfg, length, self.dtype)
         queue_width = tok.end_seq.shape[0]
         state = empty_slots(self.cfg, slots, length, new, queue_width, self.dtype)
+        steer = None
+        if self.hybrid is not None:
+            if any(r.base_prompt is None for r in requests):
+                raise ValueError("hybrid decoding: every request needs the base model's prompt")
+            base_length = self.cache_length(requests, base=True)
+            state = state.replace(hybrid=self.hybrid.empty(slots, base_length, new))
+            steer = self.hybrid.steer(slots)
         decoding = self.decoding(slots)
         waiting = collections.deque(range(len(requests)))  # not yet prefilled
         ready: collections.deque = collections.deque()  # (request, j, prefill, row)
@@ -264,12 +309,12 @@ class Engine:
                 if not ready:
                     break
                 r, j, prefix, row = ready.popleft()
-                state = insert(state, *prefix, row, slot, *self._row(requests[r], j))
+                state = insert(state, prefix, row, slot, *self._row(requests[r], j))
                 occupant[slot] = (r, j, time.perf_counter())
             graphdef, params, head = decoding
             steps, state = sampler.run_steps(
                 graphdef, params, state, tok, pad, jnp.int32(new),
-                jnp.bool_(bool(waiting or ready)), head, self.mesh,
+                jnp.bool_(bool(waiting or ready)), head, self.mesh, steer,
             )  # fmt: skip
             done = np.asarray(to_host(state.done))
             steps = int(steps)
@@ -294,7 +339,14 @@ class Engine:
         prompts = [list(requests[r].prompt) for r in picked]
         prompts += [prompts[-1]] * (rows - len(picked))
         tokens, valid = left_pad(prompts, self.pad_id)
-        prefix = prefill(self.graphdef, self.params, tokens, valid)
+        hybrid = self.hybrid
+        capture = None if hybrid is None else hybrid.steering.sae_layer
+        prefix = prefill(self.graphdef, self.params, tokens, valid, capture)
+        if hybrid is not None:  # the base model's prompts, its steering block captured
+            bases = [list(requests[r].base_prompt) for r in picked]
+            bases += [bases[-1]] * (rows - len(picked))
+            tokens, valid = left_pad(bases, self.pad_id)
+            prefix = (prefix, prefill(*hybrid.split, tokens, valid, hybrid.steering.layer))
         self.stats.prefills += 1
         self.stats.prefilled_rows += len(picked)
         return [(r, j, prefix, row) for row, r in enumerate(picked) for j in requests[r].samples]
@@ -327,22 +379,26 @@ def max_new_of(requests: Sequence[Request]) -> int:
 
 
 def _outputs(state: LoopState) -> dict:
-    p = state.policy
-    return dict(
+    p, h = state.policy, state.hybrid
+    out = dict(
         tokens=state.tokens, logprobs=state.logprobs, phases=state.phases,
         lengths=state.lengths, finish=state.finish, certainty_sum=state.certainty_sum,
         thought=p.thought, think_count=p.think_count, answer_count=p.answer_count,
         forced_end=p.forced_end,
     )  # fmt: skip
+    if h is not None:
+        out.update(steered=h.steered, latents=h.latents, coefficients=h.coefficient)
+    return out
 
 
 def _sample(host: dict, slot: int, request: int, j: int, seconds: float) -> Sample:
     n = int(host["lengths"][slot])
-    row = lambda name: np.array(host[name][slot, :n])
+    row = lambda name: np.array(host[name][slot, :n]) if name in host else None
     scalar = lambda name: host[name][slot].item()
     return Sample(
         request=request, index=j, tokens=row("tokens"), logprobs=row("logprobs"),
         phases=row("phases"), finish=scalar("finish"), certainty_sum=scalar("certainty_sum"),
         thought=scalar("thought"), think_count=scalar("think_count"),
         answer_count=scalar("answer_count"), forced_end=scalar("forced_end"), seconds=seconds,
+        steered=row("steered"), latents=row("latents"), coefficients=row("coefficients"),
     )  # fmt: skip

@@ -12,15 +12,16 @@ The published algorithm (methods.md section 3), greedy, for each new token:
 Ablations: `bias_only` steers with c * bias (no latent), `random_latent` draws k uniformly.
 
 Here both models keep a KV cache, which is exact for the one-position window: steering the last
-position changes nothing before it, so the caches hold the unsteered sequence. One jitted prefill,
-then one jitted `lax.while_loop` whose step feeds the last token to the thinking model (capturing
-the SAE block) and to the base model unsteered (capturing the steering block), both appending it
-to their caches. Only when some row's greedy tokens differ does the step also finish the base
-model's pass C more ways: the captured residual stream plus c_j * (bias + v_k), through the
-blocks after the steering block, as C alternatives for the same position (`forward_alternatives`,
-which reads the cache without writing) - all coefficients in one call. At batch 1 on CPU the
-thinking model decodes on its weights laid out for a single row (`sampler.for_decoding`); the
-base model keeps its own, which its C-row candidates pass runs faster on.
+position changes nothing before it, so the caches hold the unsteered sequence. Hybrid decoding
+is a step variant of the sampler's one loop, run by the slot engine like every mode: a slot holds
+the thinking model's cache (the loop's own) and the base model's (`HybridCarry`); prefill captures
+the SAE block of the thinking model's prompt and the steering block of the base model's at the
+last position; each step (`Steer.choose`, `Steer.advance`) picks the token from what both models
+read last, then feeds it to both, capturing those blocks again. Only when some row's greedy
+tokens differ does the step also finish the base model's last pass C more ways: the captured
+residual stream plus c_j * (bias + v_k), through the blocks after the steering block, as C
+alternatives for the same position (`forward_alternatives`, which reads the cache without
+writing) - all coefficients in one call.
 `jaxthink.decode.hybrid_reference` is the uncached algorithm, kept as the specification this loop
 must reproduce token for token.
 """
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from collections.abc import Sequence
 
 import jax
@@ -37,15 +37,27 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from jaxthink.decode.generate import Generation, row_key
-from jaxthink.decode.sampler import (
-    for_decoding,
-    left_pad,
-    output_matrix,
-    params_dtype,
-    self_certainty,
+from jaxthink.decode.engine import (
+    Engine,
+    Prefix,
+    Request,
+    Sample,
+    check_slots,
+    kv_bytes_per_slot,
+    put,
+    put_cache,
 )
-from jaxthink.models.qwen import Steering, forward_alternatives, forward_cached, init_cache
+from jaxthink.decode.generate import Generation, policy_tokens, prompt_key
+from jaxthink.decode.sampler import params_dtype, record, transposed_head
+from jaxthink.models.qwen import (
+    KVCache,
+    Steering,
+    forward_alternatives,
+    forward_cached,
+    init_cache,
+)
+from jaxthink.policies.modes import FREE, NO_BUDGET, THINK, ModeOptions
+from jaxthink.policies.policy import PolicyTokens
 from jaxthink.steer.sae import SAEParams, preactivations
 from jaxthink.steer.sentences import center_and_normalize
 from jaxthink.steer.vectors import SteeringVectors
@@ -60,12 +72,12 @@ Array = jax.Array
 ABLATIONS = ("none", "bias_only", "random_latent")
 NONE, BIAS_ONLY, RANDOM_LATENT = range(3)
 DEFAULT_COEFFICIENTS = tuple(round(0.1 * i, 1) for i in range(1, 11))  # 0.1, 0.2, ..., 1.0
-TRACE_COUNT = {"prefill": 0, "decode": 0}
+HYBRID_ROW = (THINK, FREE, NO_BUDGET, 0, 0)  # the policy numbers of a hybrid row: free thinking
 
 
 @struct.dataclass
 class HybridParams:
-    """The arrays of the steering file plus per-row PRNG keys (random-latent ablation)."""
+    """The arrays of the steering file and the run's coefficient grid and ablation."""
 
     sae: SAEParams
     sae_mean: Array  # [E_thinking]
@@ -73,24 +85,29 @@ class HybridParams:
     vectors: Array  # [n, E_base]
     coefficients: Array  # [C]
     ablation: Array  # scalar int32: index into ABLATIONS (data, so no recompiling)
-    keys: Array  # [B] PRNG keys
 
 
 @struct.dataclass
-class HybridState:
-    step: Array  # scalar int32
-    think_cache: object
-    base_cache: object
-    feed_think: Array  # [B] the token each model reads next (they differ only at step 0)
-    feed_base: Array  # [B]
-    tokens: Array  # [B, N]
-    think_logprobs: Array  # [B, N] log p_think of each emitted token
+class HybridCarry:
+    """The base model's side of the decode loop's carry, per slot, plus what was steered."""
+
+    cache: KVCache  # the base model's
+    logits: Array  # [B, V] the base model's next-token logits, unsteered
+    residual: Array  # [B, E_base] after the steering block, at the last position
+    hidden: Array  # [B, E_thinking] float32: the thinking model's, after the SAE block
     steered: Array  # [B, N] bool: the two greedy tokens differed
-    latents: Array  # [B, N] int32 latent picked at each token
+    latents: Array  # [B, N] int32 latent picked at each token (-1 past the row's end)
     coefficient: Array  # [B, N] int32 index of the emitted candidate's coefficient, -1 unsteered
-    done: Array  # [B]
-    lengths: Array  # [B]
-    certainty_sum: Array  # [B] self-certainty of the thinking model, summed over tokens
+
+    def insert(self, base: Prefix, hidden: Array, row, slot) -> HybridCarry:
+        """Slot `slot` takes row `row` of the base model's prefill and the thinking model's
+        captured residual stream `hidden` [E_thinking]."""
+        return self.replace(
+            cache=put_cache(self.cache, base.cache, row, slot),
+            logits=put(self.logits, base.logits[row], slot),
+            residual=put(self.residual, base.captured[row].astype(self.residual.dtype), slot),
+            hidden=put(self.hidden, hidden.astype(jnp.float32), slot),
+        )
 
 
 def random_latent(key: Array, step: Array, n_latents: int) -> Array:
@@ -98,13 +115,13 @@ def random_latent(key: Array, step: Array, n_latents: int) -> Array:
     return jax.random.randint(jax.random.fold_in(key, step), (), 0, n_latents)
 
 
-def pick_latents(hp: HybridParams, hidden: Array, step: Array) -> Array:
-    """[B] latent per row from the thinking model's residual stream `hidden` [B, E] (or drawn at
-    random under the random-latent ablation)."""
+def pick_latents(hp: HybridParams, hidden: Array, keys: Array, steps: Array) -> Array:
+    """[B] latent per row from the thinking model's residual stream `hidden` [B, E] (or drawn
+    from the row's key at its step under the random-latent ablation)."""
     x, _ = center_and_normalize(hidden.astype(jnp.float32), hp.sae_mean)
     named = jnp.argmax(preactivations(hp.sae, x), axis=-1)
     n = hp.vectors.shape[0]
-    drawn = jax.vmap(lambda key: random_latent(key, step, n))(hp.keys)
+    drawn = jax.vmap(lambda key, step: random_latent(key, step, n))(keys, steps)
     return jnp.where(hp.ablation == RANDOM_LATENT, drawn, named).astype(jnp.int32)
 
 
@@ -124,79 +141,43 @@ def choose(base_greedy, steered, candidates, think_logp) -> tuple[Array, Array]:
     return jnp.where(steered, picked, base_greedy), jnp.where(steered, best, -1)
 
 
-@functools.partial(jax.jit, static_argnames=("think_def", "base_def", "max_new"))
-def prefill(think_def, think_params, base_def, base_params, think_prompt, base_prompt,
-            max_new: int):  # fmt: skip
-    """Caches of every prompt token but the last (the loop's first step reads that one)."""
-    TRACE_COUNT["prefill"] += 1
-    caches = []
-    for graphdef, params, (tokens, valid) in (
-        (think_def, think_params, think_prompt),
-        (base_def, base_params, base_prompt),
-    ):
-        model = nnx.merge(graphdef, params)
-        b, p = tokens.shape
-        cache = init_cache(model.cfg, b, p - 1 + max_new, params_dtype(params))
-        _, cache = forward_cached(model, tokens[:, :-1], valid[:, :-1], cache, last_only=True)
-        caches.append(cache)
-    b = think_prompt[0].shape[0]
-    zeros = lambda dtype: jnp.zeros((b, max_new), dtype)
-    return HybridState(
-        step=jnp.zeros((), jnp.int32),
-        think_cache=caches[0],
-        base_cache=caches[1],
-        feed_think=think_prompt[0][:, -1],
-        feed_base=base_prompt[0][:, -1],
-        tokens=zeros(jnp.int32),
-        think_logprobs=zeros(jnp.float32),
-        steered=zeros(bool),
-        latents=zeros(jnp.int32),
-        coefficient=jnp.full((b, max_new), -1, jnp.int32),
-        done=jnp.zeros((b,), bool),
-        lengths=jnp.zeros((b,), jnp.int32),
-        certainty_sum=jnp.zeros((b,), jnp.float32),
-    )
+@struct.dataclass
+class Steer:
+    """The hybrid's step variant of the sampler's loop (`sampler.step(..., steer=)`): the base
+    model's weights, the steering arrays and the two hooked blocks."""
 
+    base_params: object
+    hp: HybridParams
+    head: Array | None  # the base model's transposed embedding, if its passes want one
+    base_def: object = struct.field(pytree_node=False)
+    sae_layer: int = struct.field(pytree_node=False)
+    steer_layer: int = struct.field(pytree_node=False)
+    step_head: bool = struct.field(pytree_node=False)  # the one-row-each pass uses `head` too
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("think_def", "base_def", "sae_layer", "steer_layer"),
-    donate_argnames=("state",),
-)
-def decode(think_def, think_params, base_def, base_params, state: HybridState,
-           hp: HybridParams, eos: Array, pad_id: Array, sae_layer: int,
-           steer_layer: int) -> HybridState:  # fmt: skip
-    """The hybrid loop: one token per row per step until every row has ended or N are made."""
-    TRACE_COUNT["decode"] += 1
-    thinking, base = nnx.merge(think_def, think_params), nnx.merge(base_def, base_params)
-    b, max_new = state.tokens.shape
-    c = hp.coefficients.shape[0]
-    think_head, base_head = output_matrix(thinking, b), output_matrix(base, b)
-    alternatives_head = output_matrix(base, b * c)
-    scale = jnp.broadcast_to(hp.coefficients, (b, c))
-
-    def body(s: HybridState) -> HybridState:
-        active = ~s.done
-        think_logits, think_cache, hidden = forward_cached(
-            thinking, s.feed_think[:, None], active[:, None], s.think_cache,
-            head=think_head, capture_layer=sae_layer,
-        )  # fmt: skip
-        think_logits = think_logits[:, 0].astype(jnp.float32)
-        latent = pick_latents(hp, hidden[:, 0], s.step)
-        base_logits, base_cache, residual = forward_cached(
-            base, s.feed_base[:, None], active[:, None], s.base_cache, head=base_head,
-            capture_layer=steer_layer,
-        )  # fmt: skip
-        base_greedy = jnp.argmax(base_logits[:, 0], axis=-1).astype(jnp.int32)
+    def choose(self, carry: HybridCarry, think_logits, keys, steps, active):
+        """Steps 1-4 of the algorithm on the last positions both models have read: (token [B],
+        (steered, latent, coefficient index) [B]). Only when some row's greedy tokens differ
+        does the base model finish its last pass once more per coefficient, steered: the
+        captured residual stream plus c_j * (bias + v_k), through the blocks after the steering
+        block, as C alternatives of the same position (the cache rewound by that position,
+        which `forward_alternatives` reads without writing)."""
+        hp, b = self.hp, think_logits.shape[0]
+        c = hp.coefficients.shape[0]
+        latent = pick_latents(hp, carry.hidden, keys, steps)
+        base_greedy = jnp.argmax(carry.logits, axis=-1).astype(jnp.int32)
         steered = (base_greedy != jnp.argmax(think_logits, axis=-1)) & active
 
-        def candidates():  # the fed token's pass, finished once per coefficient
-            rewound = base_cache.replace(index=s.base_cache.index, pos=s.base_cache.pos)
-            steering = Steering(directions(hp, latent), scale, steer_layer)
+        def candidates():
+            base = nnx.merge(self.base_def, self.base_params)
+            cache = carry.cache
+            rewound = cache.replace(index=cache.index - 1, pos=cache.pos - 1)
+            scale = jnp.broadcast_to(hp.coefficients, (b, c))
+            delta = Steering(directions(hp, latent), scale, self.steer_layer).delta(
+                carry.residual.dtype
+            )
             logits = forward_alternatives(
-                base, residual + steering.delta(residual.dtype),
-                jnp.repeat(active[:, None], c, axis=1), rewound, after_layer=steer_layer,
-                head=alternatives_head,
+                base, carry.residual[:, None] + delta, jnp.repeat(active[:, None], c, axis=1),
+                rewound, after_layer=self.steer_layer, head=self.head,
             )  # fmt: skip
             return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
@@ -205,76 +186,121 @@ def decode(think_def, think_params, base_def, base_params, state: HybridState,
         token, coefficient = choose(
             base_greedy, steered, jax.lax.cond(jnp.any(steered), candidates, unused), logp
         )
-        token = jnp.where(active, token, pad_id)
-        token_logp = jnp.take_along_axis(logp, token[:, None], axis=1)[:, 0]
-        col = s.step
-        return HybridState(
-            step=s.step + 1,
-            think_cache=think_cache,
-            base_cache=base_cache,
-            feed_think=token,
-            feed_base=token,
-            tokens=s.tokens.at[:, col].set(token),
-            think_logprobs=s.think_logprobs.at[:, col].set(jnp.where(active, token_logp, 0.0)),
-            steered=s.steered.at[:, col].set(steered),
-            latents=s.latents.at[:, col].set(jnp.where(active, latent, -1)),
-            coefficient=s.coefficient.at[:, col].set(jnp.where(active, coefficient, -1)),
-            done=s.done | (eos[token] & active) | (s.step + 1 >= max_new),
-            lengths=s.lengths + active,
-            certainty_sum=s.certainty_sum + jnp.where(active, self_certainty(think_logits), 0.0),
+        return token, (steered, latent, coefficient)
+
+    def advance(self, carry: HybridCarry, hidden, token, active, choice, col) -> HybridCarry:
+        """The base model reads the emitted token (unsteered), its steering block captured; the
+        choice is recorded at each row's column `col`."""
+        base = nnx.merge(self.base_def, self.base_params)
+        logits, cache, residual = forward_cached(
+            base, token[:, None], active[:, None], carry.cache,
+            head=self.head if self.step_head else None, capture_layer=self.steer_layer,
+        )  # fmt: skip
+        steered, latent, coefficient = choice
+        return carry.replace(
+            cache=cache,
+            logits=logits[:, 0].astype(jnp.float32),
+            residual=residual[:, 0],
+            hidden=hidden.astype(jnp.float32),
+            steered=record(carry.steered, col, steered),
+            latents=record(carry.latents, col, latent),
+            coefficient=record(carry.coefficient, col, coefficient),
         )
 
-    cond = lambda s: (s.step < max_new) & ~jnp.all(s.done)
-    return jax.lax.while_loop(cond, body, state)
+
+class Hybrid:
+    """A base model and its steering for the slot engine (`Engine(thinking, hybrid=...)`): what
+    hybrid decoding adds to each slot, and the step variant the loop runs."""
+
+    def __init__(self, base, steering: SteeringVectors, coefficients=DEFAULT_COEFFICIENTS,
+                 ablation: str = "none"):  # fmt: skip
+        self.base, self.steering = base, steering
+        self.split = nnx.split(base)
+        self.dtype = params_dtype(self.split[1])
+        as_f32 = lambda x: jnp.asarray(x, jnp.float32)
+        self.params = HybridParams(
+            sae=SAEParams(*(as_f32(x) for x in steering.sae)),
+            sae_mean=as_f32(steering.sae_mean),
+            bias=jnp.asarray(steering.bias, self.dtype),
+            vectors=jnp.asarray(steering.vectors, self.dtype),
+            coefficients=as_f32(list(coefficients)),
+            ablation=jnp.int32(ABLATIONS.index(ablation)),
+        )
+
+    def kv_bytes_per_slot(self, length: int) -> int:
+        return kv_bytes_per_slot(self.base.cfg, length, self.dtype)
+
+    def empty(self, slots: int, length: int, max_new: int) -> HybridCarry:
+        return _empty_carry(
+            self.base.cfg, slots, length, max_new, np.shape(self.steering.sae_mean)[0], self.dtype
+        )
+
+    def steer(self, slots: int) -> Steer:
+        """The step variant for `slots` rows; on CPU with a tied embedding, its transpose for the
+        base model's passes (as `sampler.output_matrix`), made once here."""
+        cfg, c = self.base.cfg, self.params.coefficients.shape[0]
+        transposed = transposed_head(cfg, slots * c)
+        head = jax.jit(lambda embed: embed.T)(self.base.embed[...]) if transposed else None
+        return Steer(
+            base_params=self.split[1], hp=self.params, head=head, base_def=self.split[0],
+            sae_layer=self.steering.sae_layer, steer_layer=self.steering.layer,
+            step_head=transposed_head(cfg, slots),
+        )  # fmt: skip
 
 
-def hybrid_params(steering: SteeringVectors, coefficients, ablation, keys, dtype) -> HybridParams:
-    as_f32 = lambda x: jnp.asarray(x, jnp.float32)
-    return HybridParams(
-        sae=SAEParams(*(as_f32(x) for x in steering.sae)),
-        sae_mean=as_f32(steering.sae_mean),
-        bias=jnp.asarray(steering.bias, dtype),
-        vectors=jnp.asarray(steering.vectors, dtype),
-        coefficients=as_f32(coefficients),
-        ablation=jnp.int32(ABLATIONS.index(ablation)),
-        keys=keys,
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def _empty_carry(cfg, slots: int, length: int, max_new: int, think_width: int, dtype):
+    ints = lambda: jnp.full((slots, max_new), -1, jnp.int32)
+    return HybridCarry(
+        cache=init_cache(cfg, slots, length, dtype),
+        logits=jnp.zeros((slots, cfg.vocab_size), jnp.float32),
+        residual=jnp.zeros((slots, cfg.hidden_size), dtype),
+        hidden=jnp.zeros((slots, think_width), jnp.float32),
+        steered=jnp.zeros((slots, max_new), bool),
+        latents=ints(),
+        coefficient=ints(),
     )
+
+
+def ending_tokens(vocab_size: int, eos_ids: Sequence[int]) -> PolicyTokens:
+    """`PolicyTokens` of a vocabulary known only by its end tokens (no control tokens)."""
+    none, empty = jnp.int32(-1), jnp.full((1,), -1, jnp.int32)
+    eos = jnp.zeros(vocab_size, bool).at[jnp.asarray(list(eos_ids), jnp.int32)].set(True)
+    no = jnp.zeros(vocab_size, bool)
+    return PolicyTokens(none, none, none, empty, empty, no, eos, no)
+
+
+def hybrid_requests(think_prompts, base_prompts, keys, max_new_tokens: int) -> list[Request]:
+    """One greedy engine request per prompt pair; row r's latent draws come from fold_in(keys[r],
+    0) (its sample 0), folded with the step."""
+    return [
+        Request(
+            prompt=list(t),
+            key=key,
+            mode=HYBRID_ROW,
+            max_new_tokens=max_new_tokens,
+            base_prompt=list(b),
+        )  # fmt: skip
+        for t, b, key in zip(think_prompts, base_prompts, keys, strict=True)
+    ]
 
 
 def run_hybrid(
     thinking, base, think_prompts: list[list[int]], base_prompts: list[list[int]],
     steering: SteeringVectors, *, coefficients=DEFAULT_COEFFICIENTS, max_new_tokens: int,
     eos_ids: Sequence[int], ablation: str = "none", keys: Array | None = None, pad_id: int = 0,
-    thinking_decoding=None,
-) -> HybridState:  # fmt: skip
-    """The cached hybrid on token-id prompts (one list per row, for each model); host arrays.
-
-    `keys` [B] are the rows' PRNG keys for the random-latent ablation (default: row r draws from
-    fold_in(key(0), r)). The loop runs the thinking model on `thinking_decoding` = (graphdef,
-    params) if given, else on `for_decoding`'s. No checks here beyond shapes: `hybrid_generate`
-    validates a request.
-    """
-    think_def, think_params = nnx.split(thinking)
-    base_def, base_params = nnx.split(base)
+    slots: int | None = None,
+) -> list[Sample]:  # fmt: skip
+    """The hybrid on token-id prompts (one list per row, for each model) through the slot
+    engine; one `Sample` per row, in row order. `keys` [B] are the rows' request keys (default:
+    row r's is fold_in(key(0), r)). No checks here beyond shapes: `hybrid_generate` validates a
+    request."""
     if keys is None:
-        keys = jnp.stack(
-            [jax.random.fold_in(jax.random.key(0), r) for r in range(len(think_prompts))]
-        )
-    hp = hybrid_params(steering, coefficients, ablation, keys, params_dtype(base_params))
-    vocab = thinking.cfg.vocab_size
-    eos = jnp.zeros(vocab, bool).at[jnp.asarray(list(eos_ids), jnp.int32)].set(True)
-    state = prefill(
-        think_def, think_params, base_def, base_params, left_pad(think_prompts, pad_id),
-        left_pad(base_prompts, pad_id), max_new_tokens,
-    )  # fmt: skip
-    thinking_decoding = thinking_decoding or for_decoding(
-        think_def, think_params, len(think_prompts)
-    )
-    state = decode(
-        *thinking_decoding, base_def, base_params, state, hp, eos, jnp.int32(pad_id),
-        steering.sae_layer, steering.layer,
-    )  # fmt: skip
-    return jax.device_get(state.replace(think_cache=None, base_cache=None))
+        keys = [jax.random.fold_in(jax.random.key(0), r) for r in range(len(think_prompts))]
+    requests = hybrid_requests(think_prompts, base_prompts, keys, max_new_tokens)
+    runner = Engine(thinking, pad_id, Hybrid(base, steering, coefficients, ablation))
+    tok = ending_tokens(thinking.cfg.vocab_size, eos_ids)
+    return sorted(runner.run(requests, tok, slots), key=lambda sample: sample.request)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,6 +378,7 @@ def hybrid_generate(
     ablation: str = "none",
     max_new_tokens: int = 512,
     seed: int | Sequence[int] = 0,
+    slots: int | None = None,
     batch_size: int | None = None,
     chat: bool = True,
     prefill_text: str | None = None,
@@ -363,8 +390,9 @@ def hybrid_generate(
     followed by `prefill_text`, by default the thinking model's opening of a thinking block
     (`thinking_opening`). `ablation`: "none", "bias_only" or "random_latent", whose draws for
     prompt p come from `seed` (one, or one per prompt) as `jaxthink.generate` keys its samples.
-    Results come in prompt order; `steered_fraction` is the share of steered tokens. The thinking
-    model's decoding layout (`sampler.for_decoding`) is made once per call, for all batches.
+    The prompts run through the slot engine (`slots`, formerly `batch_size`: as in `generate`);
+    results come in prompt order; `steered_fraction` is the share of steered tokens.
+    `progress(1)` is called as each prompt ends.
     """
     base_tokenizer = base_tokenizer or tokenizer
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -379,6 +407,9 @@ def hybrid_generate(
         raise ValueError("coefficients: give at least one steering coefficient, e.g. 0.5,1.0")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: must be at least 1")
+    slots = slots if slots is not None else batch_size
+    if slots is not None:
+        check_slots(slots)
     check_pair(model, base_model, tokenizer, base_tokenizer, steering)
     opening = thinking_opening(tokenizer) if prefill_text is None else prefill_text
     encoded = {}
@@ -392,49 +423,31 @@ def hybrid_generate(
                     f"max_new_tokens={max_new_tokens} it does not fit its context of "
                     f"{m.cfg.max_position_embeddings} tokens"
                 )
+    keys = [prompt_key(seed, p) for p in range(len(prompts))]
+    requests = hybrid_requests(encoded["thinking"], encoded["base"], keys, max_new_tokens)
+    tok = policy_tokens(tokenizer, ModeOptions.for_model(model.cfg), model.cfg.vocab_size)
+    hybrid = Hybrid(base_model, steering, coefficients, ablation)
+    runner = Engine(model, base_tokenizer.pad_token_id or 0, hybrid)
     control = control_tokens(tokenizer)
-    pad_id = base_tokenizer.pad_token_id or 0
-    batch_size = batch_size or len(prompts)
-    thinking_decoding = for_decoding(*nnx.split(model), min(batch_size, len(prompts)))
-    results: list[HybridGeneration] = []
-    for start in range(0, len(prompts), batch_size):
-        rows = list(range(start, min(start + batch_size, len(prompts))))
-        t0 = time.perf_counter()
-        state = run_hybrid(
-            model, base_model, [encoded["thinking"][r] for r in rows],
-            [encoded["base"][r] for r in rows], steering, coefficients=coefficients,
-            max_new_tokens=max_new_tokens, eos_ids=control.eos, ablation=ablation,
-            keys=jnp.stack([row_key(seed, r, 0) for r in rows]), pad_id=pad_id,
-            thinking_decoding=thinking_decoding,
-        )  # fmt: skip
-        seconds = time.perf_counter() - t0
-        for i, r in enumerate(rows):
-            results.append(
-                _to_generation(
-                    base_tokenizer,
-                    prompts[r],
-                    encoded["base"][r],
-                    state,
-                    i,
-                    control,
-                    coefficients,
-                    seconds,
-                )  # fmt: skip
-            )
+    results: list[HybridGeneration | None] = [None] * len(prompts)
+    for sample in runner.run(requests, tok, slots):
+        p = sample.request
+        results[p] = _to_generation(
+            base_tokenizer, prompts[p], encoded["base"][p], sample, control, coefficients
+        )
         if progress is not None:
-            progress(len(rows))
+            progress(1)
     return results
 
 
-def _to_generation(tokenizer, prompt, prompt_ids, state, i, control, coefficients, seconds):
-    length = int(state.lengths[i])
-    ids = state.tokens[i, :length].tolist()
+def _to_generation(tokenizer, prompt, prompt_ids, sample: Sample, control, coefficients):
+    ids = sample.tokens.tolist()
+    length = len(ids)
     ended = bool(ids) and ids[-1] in control.eos
     content = ids[:-1] if ended else ids
     split = content.index(control.end_think) if control.end_think in content else len(content)
     decode = lambda x: tokenizer.decode(x, skip_special_tokens=False)
-    steered = int(state.steered[i, :length].sum())
-    chosen = state.coefficient[i, :length].tolist()
+    steered = int(sample.steered.sum())
     return HybridGeneration(
         prompt=prompt,
         prompt_ids=list(prompt_ids),  # the base model's, whose tokens are emitted
@@ -444,16 +457,16 @@ def _to_generation(tokenizer, prompt, prompt_ids, state, i, control, coefficient
         mode="hybrid",
         chosen_mode="think",
         token_ids=ids,
-        logprobs=[float(x) for x in state.think_logprobs[i, :length]],
+        logprobs=[float(x) for x in sample.logprobs],
         num_thinking_tokens=split,
         num_answer_tokens=max(len(content) - split - 1, 0),
         num_tokens=length,
-        confidence=float(state.certainty_sum[i]) / max(length, 1),
+        confidence=sample.certainty_sum / max(length, 1),
         finish_reason="eos" if ended else "length",
         budget_forced=False,
-        seconds=seconds,
+        seconds=sample.seconds,
         steered_tokens=steered,
         steered_fraction=steered / max(length, 1),
-        latents=state.latents[i, :length].tolist(),
-        coefficients=[None if j < 0 else coefficients[j] for j in chosen],
+        latents=sample.latents.tolist(),
+        coefficients=[None if j < 0 else coefficients[j] for j in sample.coefficients.tolist()],
     )

@@ -64,6 +64,7 @@ class LoopState:
     pparams: PolicyParams  # [B] the rows' modes
     sampling: Sampling  # [B] the rows' sampling settings and keys
     max_new: Array  # [B] int32: tokens a row may generate (at most N)
+    hybrid: object = None  # the base model's carry in hybrid decoding (`jaxthink.decode.hybrid`)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "queue_width", "mesh"))
@@ -153,15 +154,29 @@ def token_logprob(logits: Array, token: Array, temperature: Array) -> Array:
     return (chosen / temp - jax.nn.logsumexp(logits / temp, axis=-1, keepdims=True))[:, 0]
 
 
-def step(model, head, s: LoopState, tok: PolicyTokens, pad_id: Array, mesh=None) -> LoopState:
+def record(buffer: Array, col: Array, x: Array) -> Array:
+    """buffer[b, col[b]] = x[b] per row; a column past the end (an ended row's) writes nothing."""
+    return buffer.at[jnp.arange(col.shape[0]), col].set(x, mode="drop")
+
+
+def step(
+    model, head, s: LoopState, tok: PolicyTokens, pad_id: Array, mesh=None, steer=None
+) -> LoopState:
     """One token for every running row: mask -> choose -> policy -> record -> forward. A row's
-    draw is keyed by (its key, its own step count), never by its place in the batch."""
+    draw is keyed by (its key, its own step count), never by its place in the batch.
+
+    With `steer` (`jaxthink.decode.hybrid.Steer`) this is the hybrid's step: the model is the
+    thinking model, `steer.choose` picks the token from both models' last positions, and
+    `steer.advance` runs the base model on it beside the thinking model."""
     active = ~s.done
     sampling, pparams = s.sampling, s.pparams
     masked = policy.mask_logits(s.logits, s.policy, pparams, tok)
-    sampled = choose_tokens(
-        masked, sampling.keys, s.lengths, sampling.temperature, sampling.top_k, sampling.top_p
-    )
+    if steer is None:
+        sampled = choose_tokens(
+            masked, sampling.keys, s.lengths, sampling.temperature, sampling.top_k, sampling.top_p
+        )
+    else:
+        sampled, choice = steer.choose(s.hybrid, masked, sampling.keys, s.lengths, active)
     phase_before = s.policy.phase
     token, pstate = policy.step(sampled, s.policy, pparams, tok, active)
     token = jnp.where(active, token, pad_id)
@@ -173,36 +188,46 @@ def step(model, head, s: LoopState, tok: PolicyTokens, pad_id: Array, mesh=None)
         [~active, ended_eos, ended_stop, full], [s.finish, EOS, STOP, LENGTH], RUNNING
     )
     col = jnp.where(active, s.lengths, s.tokens.shape[1])  # an ended row writes nothing
-    record = lambda buffer, x: buffer.at[jnp.arange(col.shape[0]), col].set(x, mode="drop")
-    logits, cache = forward_cached(model, token[:, None], active[:, None], s.cache, head=head)
+    fed = (token[:, None], active[:, None], s.cache)
+    if steer is None:
+        logits, cache = forward_cached(model, *fed, head=head)
+        hybrid = None
+    else:
+        logits, cache, hidden = forward_cached(
+            model, *fed, head=head, capture_layer=steer.sae_layer
+        )
+        hybrid = steer.advance(s.hybrid, hidden[:, 0], token, active, choice, col)
     return s.replace(
         cache=constrain_cache(cache, mesh),
         logits=logits[:, 0].astype(jnp.float32),
-        tokens=record(s.tokens, token),
-        logprobs=record(s.logprobs, token_logp),
-        phases=record(s.phases, phase_before.astype(jnp.int8)),
+        tokens=record(s.tokens, col, token),
+        logprobs=record(s.logprobs, col, token_logp),
+        phases=record(s.phases, col, phase_before.astype(jnp.int8)),
         done=s.done | (finish != RUNNING),
         lengths=s.lengths + active,
         finish=finish,
         certainty_sum=s.certainty_sum + jnp.where(active, self_certainty(s.logits), 0.0),
         policy=pstate,
+        hybrid=hybrid,
     )
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mesh"), donate_argnames=("state",))
 def run_steps(
-    graphdef, params, state: LoopState, tok, pad_id, max_steps, until_one_ends, head=None, mesh=None
-):
+    graphdef, params, state: LoopState, tok, pad_id, max_steps, until_one_ends, head=None,
+    mesh=None, steer=None,
+):  # fmt: skip
     """Decodes until every row has ended, or `max_steps` steps have run, or (with
     `until_one_ends`) a row that was running has ended: the slot engine then refills it. Both
     limits are traced values, so changing them never recompiles. `head` is `output_matrix`'s,
-    made once by the caller (this runs many times a generation). Returns (steps run, state)."""
+    made once by the caller (this runs many times a generation); `steer` makes it hybrid
+    decoding (see `step`). Returns (steps run, state)."""
     TRACE_COUNT["decode"] += 1
     model = nnx.merge(graphdef, params)
-    return _loop(model, head, state, tok, pad_id, max_steps, until_one_ends, mesh)
+    return _loop(model, head, state, tok, pad_id, max_steps, until_one_ends, mesh, steer)
 
 
-def _loop(model, head, state: LoopState, tok, pad_id, max_steps, until_one_ends, mesh):
+def _loop(model, head, state: LoopState, tok, pad_id, max_steps, until_one_ends, mesh, steer=None):
     running = ~state.done
 
     def cond(carry):
@@ -212,7 +237,7 @@ def _loop(model, head, state: LoopState, tok, pad_id, max_steps, until_one_ends,
 
     def body(carry):
         i, s = carry
-        return i + 1, step(model, head, s, tok, pad_id, mesh)
+        return i + 1, step(model, head, s, tok, pad_id, mesh, steer)
 
     return jax.lax.while_loop(cond, body, (jnp.int32(0), state))
 
