@@ -4,7 +4,14 @@ NoThinking and budget forcing with parallel scaling, Thinkless (SFT + DeGRPO: le
 and the steered hybrid of a base and a thinking model, on one compiled sampler.
 """
 
-from jaxthink.decode import GenerateConfig, Generation, HybridGeneration, generate, hybrid_generate
+from jaxthink.decode import (
+    GenerateConfig,
+    Generation,
+    Generations,
+    HybridGeneration,
+    generate,
+    hybrid_generate,
+)
 from jaxthink.loading import load
 from jaxthink.models import ModelConfig, Qwen, export_hf, forward, forward_cached, init_cache
 from jaxthink.policies import Mode, ModeOptions, parse_mode, parse_modes
@@ -12,6 +19,7 @@ from jaxthink.policies import Mode, ModeOptions, parse_mode, parse_modes
 __all__ = [
     "GenerateConfig",
     "Generation",
+    "Generations",
     "HybridGeneration",
     "Mode",
     "ModeOptions",

@@ -1,16 +1,19 @@
-"""`jaxthink.generate`: prompts and modes in, one `Generation` per sample out.
+"""`jaxthink.generate`: prompts and modes in, every sample's arrays and a `Generation` view out.
 
 This layer does everything that is not compiled: it checks the request and its `GenerateConfig`
 (before any compilation), formats prompts with the checkpoint's chat template plus each mode's
-prefill, makes one engine request per prompt (its mode row, sampling row and key), runs the
-continuous-batching engine (`jaxthink.decode.engine`) and turns each finished sample's arrays into
-a readable `Generation`. `stream` yields them as they end; `generate` returns them in order.
+prefill, makes one engine request per prompt (its mode row, sampling row and key) and runs the
+continuous-batching engine (`jaxthink.decode.engine`). `stream` turns each finished sample into a
+readable `Generation` as it ends; `generate` returns `Generations`: all samples' arrays in order
+(left-padded prompts, right-padded responses, per-row statistics), a sequence whose item i is
+sample i's `Generation`, decoded when first asked for.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 from collections.abc import Iterator, Sequence
 
 import jax
@@ -18,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxthink.decode import engine
-from jaxthink.decode.sampler import FINISH_REASONS
+from jaxthink.decode.sampler import FINISH_REASONS, left_pad
 from jaxthink.decode.sampling import check_sampling
 from jaxthink.policies.modes import ANSWER, THINK, Mode, ModeOptions, parse_mode, row_setup
 from jaxthink.policies.policy import PolicyTokens
@@ -53,6 +56,129 @@ class Generation:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    """What turning a finished sample into a `Generation` needs, per prompt of one call."""
+
+    tokenizer: object
+    questions: list[str]
+    prompt_ids: list[list[int]]  # as encoded: template, mode prefill and all
+    modes: list[Mode]
+    ends_row: np.ndarray  # [V] bool: the ids that end a response (eos and stop tokens)
+    end_think: int
+    pad_id: int  # the tokenizer's pad (its eos if it has none)
+
+    def generation(self, p: int, sample) -> Generation:
+        """A finished engine `Sample` of prompt `p` as a `Generation`."""
+        return _generation(
+            self, p, sample.tokens, sample.logprobs, sample.phases, sample.finish,
+            sample.certainty_sum, sample.thought, sample.think_count, sample.answer_count,
+            sample.forced_end, sample.seconds,
+        )  # fmt: skip
+
+
+@dataclasses.dataclass(eq=False, repr=False)
+class Generations(Sequence[Generation]):
+    """The samples of one `generate` call as host arrays, R rows in result order (prompt p's n
+    samples at rows p*n .. p*n+n-1), and a sequence of R `Generation`s: `results[i]` is sample
+    i's, built (its text decoded) when first asked for and kept."""
+
+    prompt_tokens: np.ndarray  # [R, P] int32, left-padded: the prompt as the model saw it
+    prompt_valid: np.ndarray  # [R, P] bool
+    tokens: np.ndarray  # [R, N] int32, right-padded with pad_id; the end token included
+    lengths: np.ndarray  # [R] int32: generated tokens
+    logprobs: np.ndarray  # [R, N] float32 under the sampling temperature; 0 past the length
+    phases: np.ndarray  # [R, N] int8: the phase each token was emitted in; 0 past the length
+    finish: np.ndarray  # [R] int8: sampler.EOS / STOP / LENGTH
+    certainty_sum: np.ndarray  # [R] float32: self-certainty summed over the response
+    thought: np.ndarray  # [R] bool: the row thought (chose or was put in thinking)
+    think_count: np.ndarray  # [R] int32: thinking tokens
+    answer_count: np.ndarray  # [R] int32: answer tokens
+    forced_end: np.ndarray  # [R] bool: budget forcing closed the thinking
+    seconds: np.ndarray  # [R] float64: from the sample's start in a decode slot to its end
+    prompt_index: np.ndarray  # [R] int32: the prompt of each row
+    sample_index: np.ndarray  # [R] int32: its sample index j
+    pad_id: int
+    context: _Context = dataclasses.field(repr=False)
+    _views: list = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._views = [None] * len(self.lengths)
+
+    @classmethod
+    def from_samples(cls, samples: Sequence, context: _Context) -> Generations:
+        """The arrays of the engine's finished `Sample`s, in the given order."""
+        rows, width = len(samples), max((len(s.tokens) for s in samples), default=0)
+        tokens = np.full((rows, width), context.pad_id, np.int32)
+        logprobs = np.zeros((rows, width), np.float32)
+        phases = np.zeros((rows, width), np.int8)
+        for r, s in enumerate(samples):
+            k = len(s.tokens)
+            tokens[r, :k], logprobs[r, :k], phases[r, :k] = s.tokens, s.logprobs, s.phases
+        prompt_index = np.array([s.request for s in samples], np.int32)
+        prompt_tokens, prompt_valid = left_pad(
+            [context.prompt_ids[p] for p in prompt_index], context.pad_id
+        )
+        column = lambda name, dtype: np.array([getattr(s, name) for s in samples], dtype)
+        return cls(
+            prompt_tokens, prompt_valid, tokens,
+            np.array([len(s.tokens) for s in samples], np.int32), logprobs, phases,
+            column("finish", np.int8), column("certainty_sum", np.float32),
+            column("thought", bool), column("think_count", np.int32),
+            column("answer_count", np.int32), column("forced_end", bool),
+            column("seconds", np.float64), prompt_index, column("index", np.int32),
+            context.pad_id, context,
+        )  # fmt: skip
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """[R] float64: self-certainty, mean over each response's tokens."""
+        return self.certainty_sum.astype(np.float64) / np.maximum(self.lengths, 1)
+
+    def responses(self, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Right-padded response tokens [R, width] int32 (pad_id past each length) and their mask
+        [R, width] float32 (1 on every generated token, the end token included); `width`
+        (default N) must hold the longest response."""
+        rows, have = self.tokens.shape
+        width = have if width is None else width
+        if width < int(self.lengths.max(initial=0)):
+            raise ValueError(
+                f"width={width}: shorter than the longest response "
+                f"({int(self.lengths.max())} tokens)"
+            )
+        tokens = np.full((rows, width), self.pad_id, np.int32)
+        tokens[:, : min(width, have)] = self.tokens[:, :width]
+        mask = (np.arange(width) < self.lengths[:, None]).astype(np.float32)
+        return tokens, mask
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        i = operator.index(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} generations")
+        i %= len(self)
+        if self._views[i] is None:
+            self._views[i] = self._view(i)
+        return self._views[i]
+
+    def __repr__(self) -> str:
+        prompts, responses = self.prompt_tokens.shape, self.tokens.shape
+        return f"Generations({len(self)} samples, prompts {prompts}, responses {responses})"
+
+    def _view(self, i: int) -> Generation:
+        k = int(self.lengths[i])
+        return _generation(
+            self.context, int(self.prompt_index[i]), self.tokens[i, :k], self.logprobs[i, :k],
+            self.phases[i, :k], int(self.finish[i]), float(self.certainty_sum[i]),
+            bool(self.thought[i]), int(self.think_count[i]), int(self.answer_count[i]),
+            bool(self.forced_end[i]), float(self.seconds[i]),
+        )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,23 +294,11 @@ def settings_from(settings: GenerateConfig | None, fields: dict) -> GenerateConf
     return dataclasses.replace(settings or GenerateConfig(), **fields)
 
 
-def stream(
-    model,
-    tokenizer,
-    prompts: str | Sequence[str],
-    mode: str | Mode | Sequence[str | Mode] = "think",
-    settings: GenerateConfig | None = None,
-    *,
-    options: ModeOptions | None = None,
-    stop_tokens: Sequence[int] = (),
-    chat: bool = True,
-    samples: Sequence[Sequence[int]] | None = None,
-) -> Iterator[tuple[int, int, Generation]]:
-    """(prompt index, sample index, Generation) of every sample, as each ends.
-
-    `samples` gives the sample indices wanted per prompt (default: 0..n-1 for each): sample j of
-    prompt p is the same whichever others are asked for, since it draws from its own key.
-    """
+def _start(
+    model, tokenizer, prompts, mode, settings, options, stop_tokens, chat, samples
+) -> tuple[_Context, Iterator]:
+    """Checks and formats the request (raising before anything compiles); (its context, the
+    engine's finished samples as they end)."""
     settings = settings or GenerateConfig()
     opts = options or ModeOptions.for_model(getattr(model, "cfg", None))
     req = prepare(tokenizer, prompts, mode, opts, chat)
@@ -218,13 +332,36 @@ def stream(
     ]
     tok = policy_tokens(tokenizer, opts, cfg.vocab_size, stop_tokens)
     ends_row = np.asarray(tok.eos) | np.asarray(tok.stop)
-    end_think = int(tok.end_think)
+    context = _Context(
+        tokenizer, req.questions, [list(ids) for ids in encoded], req.modes, ends_row,
+        int(tok.end_think), control_tokens(tokenizer).pad,
+    )  # fmt: skip
     runner = engine.Engine(model, tokenizer.pad_token_id or 0)
-    for sample in runner.run(requests, tok, settings.slots):
-        p = sample.request
-        g = _to_generation(tokenizer, req.questions[p], encoded[p], req.modes[p], sample, ends_row,
-                           end_think)  # fmt: skip
-        yield p, sample.index, g
+    return context, runner.run(requests, tok, settings.slots)
+
+
+def stream(
+    model,
+    tokenizer,
+    prompts: str | Sequence[str],
+    mode: str | Mode | Sequence[str | Mode] = "think",
+    settings: GenerateConfig | None = None,
+    *,
+    options: ModeOptions | None = None,
+    stop_tokens: Sequence[int] = (),
+    chat: bool = True,
+    samples: Sequence[Sequence[int]] | None = None,
+) -> Iterator[tuple[int, int, Generation]]:
+    """(prompt index, sample index, Generation) of every sample, as each ends.
+
+    `samples` gives the sample indices wanted per prompt (default: 0..n-1 for each): sample j of
+    prompt p is the same whichever others are asked for, since it draws from its own key.
+    """
+    context, finished = _start(
+        model, tokenizer, prompts, mode, settings, options, stop_tokens, chat, samples
+    )
+    for sample in finished:
+        yield sample.request, sample.index, context.generation(sample.request, sample)
 
 
 def generate(
@@ -239,30 +376,30 @@ def generate(
     chat: bool = True,
     progress=None,
     **fields,
-) -> list[Generation]:
+) -> Generations:
     """Generates `n` samples for each prompt; `mode` is one mode or one per prompt.
 
     The settings are a `GenerateConfig`, or its fields as keywords (`n`, `max_new_tokens`,
     `temperature`, `top_p`, `top_k`, `seed`, `slots`), which override it. Rows may mix modes and
     budgets; they run through the continuous-batching engine (`jaxthink.decode.engine`).
     `chat=False` uses the prompts as already-formatted text. Results come in prompt order, the n
-    samples of a prompt next to each other. Sample j of prompt p draws from its own key, so it
-    depends neither on the slots nor on the other prompts. `progress(k)` is called as k samples
-    end.
+    samples of a prompt next to each other, as `Generations`: the samples' arrays, and a sequence
+    of their `Generation`s. Sample j of prompt p draws from its own key, so it depends neither on
+    the slots nor on the other prompts. `progress(k)` is called as k samples end.
     """
     settings = settings_from(settings, fields)
     if isinstance(prompts, str):
         prompts = [prompts]
+    context, finished = _start(
+        model, tokenizer, prompts, mode, settings, options, stop_tokens, chat, None
+    )
     n = settings.n
-    results: list[Generation | None] = [None] * (len(prompts) * n)
-    for p, j, g in stream(
-        model, tokenizer, prompts, mode, settings, options=options, stop_tokens=stop_tokens,
-        chat=chat,
-    ):  # fmt: skip
-        results[p * n + j] = g
+    results: list = [None] * (len(prompts) * n)
+    for sample in finished:
+        results[sample.request * n + sample.index] = sample
         if progress is not None:
             progress(1)
-    return results
+    return Generations.from_samples(results, context)
 
 
 def prompt_key(seed: int | Sequence[int], prompt: int) -> jax.Array:
@@ -281,31 +418,40 @@ def row_key(seed: int | Sequence[int], prompt: int, sample: int) -> jax.Array:
 def _to_generation(
     tokenizer, question, prompt_ids, mode, sample, ends_row, end_think
 ) -> Generation:
-    ids = sample.tokens.tolist()
-    ph = sample.phases
-    ends = ends_row[ids] if ids else np.zeros(0, bool)
-    think_ids = [
-        t for t, p, e in zip(ids, ph, ends, strict=True) if p == THINK and t != end_think and not e
-    ]
-    answer_ids = [t for t, p, e in zip(ids, ph, ends, strict=True) if p == ANSWER and not e]
-    decode = lambda x: tokenizer.decode(x, skip_special_tokens=False)
+    """A finished engine `Sample` of the prompt `prompt_ids` as a `Generation`."""
+    context = _Context(tokenizer, [question], [prompt_ids], [mode], ends_row, end_think, 0)
+    return context.generation(0, sample)
+
+
+def _generation(
+    context: _Context, p: int, tokens, logprobs, phases, finish, certainty_sum, thought,
+    think_count, answer_count, forced_end, seconds,
+) -> Generation:  # fmt: skip
+    """One response of prompt `p` (its arrays cut to its length, and its statistics) as text."""
+    ids = tokens.tolist()
+    ends = context.ends_row[ids] if ids else np.zeros(0, bool)
+    end_think = context.end_think
+    rows = list(zip(ids, phases, ends, strict=True))
+    think_ids = [t for t, ph, e in rows if ph == THINK and t != end_think and not e]
+    answer_ids = [t for t, ph, e in rows if ph == ANSWER and not e]
+    decode = lambda x: context.tokenizer.decode(x, skip_special_tokens=False)
     content = ids[:-1] if (ids and ends[-1]) else ids
     length = len(ids)
     return Generation(
-        prompt=question,
-        prompt_ids=list(prompt_ids),
+        prompt=context.questions[p],
+        prompt_ids=list(context.prompt_ids[p]),
         text=decode(content),
         thinking=decode(think_ids),
         answer=decode(answer_ids),
-        mode=str(mode),
-        chosen_mode="think" if sample.thought else "short",
+        mode=str(context.modes[p]),
+        chosen_mode="think" if thought else "short",
         token_ids=ids,
-        logprobs=[float(x) for x in sample.logprobs],
-        num_thinking_tokens=int(sample.think_count),
-        num_answer_tokens=int(sample.answer_count),
+        logprobs=[float(x) for x in logprobs],
+        num_thinking_tokens=int(think_count),
+        num_answer_tokens=int(answer_count),
         num_tokens=length,
-        confidence=float(sample.certainty_sum) / max(length, 1),
-        finish_reason=FINISH_REASONS.get(sample.finish, "length"),
-        budget_forced=bool(sample.forced_end),
-        seconds=sample.seconds,
+        confidence=float(certainty_sum) / max(length, 1),
+        finish_reason=FINISH_REASONS.get(finish, "length"),
+        budget_forced=bool(forced_end),
+        seconds=seconds,
     )

@@ -4,20 +4,20 @@
       --grade (answer after </think> or <short>) + Thinkless reward table--> rewards
       --> Rollout: left-padded prompts [B, P], right-padded responses [B, R] and their mask
 
-The G samples of a prompt are contiguous rows (what `group_advantages` expects). Each
-`Generation` carries the ids of the prompt it was sampled after, so the log-probs are of exactly
-the sequences that were sampled. A `<think>` response with no `</think>` (cut by max_new_tokens)
-counts as truncated and is rewarded as wrong.
+The G samples of a prompt are contiguous rows (what `group_advantages` expects). The rollout's
+arrays are the `Generations`' own (the prompt ids each sample was sampled after, its response
+tokens), so the log-probs are of exactly the sequences that were sampled. A `<think>` response
+with no `</think>` (cut by max_new_tokens) counts as truncated and is rewarded as wrong.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
-from jaxthink.decode.generate import GenerateConfig, Generation, generate
-from jaxthink.decode.sampler import left_pad
+from jaxthink.decode.generate import GenerateConfig, Generation, Generations, generate
 from jaxthink.eval.grade import grade_many
 from jaxthink.policies.modes import ModeOptions
 from jaxthink.rl.rewards import RewardConfig, thinkless_rewards
@@ -41,7 +41,7 @@ class Rollout:
     correct: np.ndarray  # [B] bool
     truncated: np.ndarray  # [B] bool: thinking never closed with </think>
     lengths: np.ndarray  # [B] int32: generated tokens
-    generations: list[Generation]  # the sampler's own view of each row (text, log-probs, ...)
+    generations: Sequence[Generation]  # the sampler's view of each row (text, log-probs, ...)
 
     @property
     def rows(self) -> int:
@@ -50,9 +50,9 @@ class Rollout:
 
 def sample(
     model, tokenizer, questions: list[str], cfg: RolloutConfig, seed: int, options: ModeOptions
-) -> list[Generation]:
-    """`cfg.group_size` Generations per question, a question's samples next to each other, each
-    with the prompt ids it was sampled after."""
+) -> Generations:
+    """`cfg.group_size` samples per question, a question's samples next to each other, with the
+    prompt ids each was sampled after."""
     settings = GenerateConfig(
         n=cfg.group_size, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
         top_p=cfg.top_p, top_k=cfg.top_k, seed=seed, slots=cfg.slots or None,
@@ -61,7 +61,7 @@ def sample(
 
 
 def score(
-    generations: list[Generation],
+    generations: Sequence[Generation],
     golds: list[str],
     lengths: np.ndarray,
     end_think: int,
@@ -103,17 +103,15 @@ def collect(
     golds = [str(r["answer"]) for r in records for _ in range(cfg.group_size)]
     options = ModeOptions.for_model(model.cfg)  # the sampler and the prompt ids share them
     generations = sample(model, tokenizer, questions, cfg, seed, options)
-    control = control_tokens(tokenizer)
-    lengths = np.array([g.num_tokens for g in generations], np.int32)
-    rewards, think, correct, truncated = score(
-        generations, golds, lengths, control.end_think, reward
-    )
-    prompts, valid = left_pad([g.prompt_ids for g in generations], control.pad)
+    lengths = generations.lengths
+    end_think = control_tokens(tokenizer).end_think
+    rewards, think, correct, truncated = score(generations, golds, lengths, end_think, reward)
     width = response_width(int(lengths.max()), cfg.max_new_tokens)
-    responses, mask = right_pad([g.token_ids for g in generations], control.pad, width)
+    responses, mask = generations.responses(width)
     return Rollout(
-        prompts, valid, responses, mask, rewards, think, correct, truncated, lengths, generations
-    )
+        generations.prompt_tokens, generations.prompt_valid, responses, mask, rewards, think,
+        correct, truncated, lengths, generations,
+    )  # fmt: skip
 
 
 def rollout_metrics(r: Rollout) -> dict[str, float]:
