@@ -246,7 +246,7 @@ class Engine:
             kept = (tuple(weakref.ref(leaf) for leaf in leaves), {})
         if slots not in kept[1]:
             graphdef, params = sampler.for_decoding(self.graphdef, self.params, slots)
-            head = _output_matrix(self.graphdef, self.params, slots)
+            head = output_matrix(self.model, slots)
             if params is self.params and head is None:
                 return graphdef, params, head  # nothing was copied: nothing to keep
             kept[1][slots] = (graphdef, params, head)
@@ -365,13 +365,15 @@ class Engine:
         return pparams, sampling, np.int32(j), np.int32(request.max_new_tokens)
 
 
-def _output_matrix(graphdef, params, slots: int):
-    """`sampler.output_matrix`'s head, as an array of its own (made outside any loop, so it
-    needs no barrier against fusion), or None."""
-    model = nnx.merge(graphdef, params)
-    if not sampler.transposed_head(model.cfg, slots):
+def output_matrix(model, rows: int):
+    """`sampler.output_matrix`'s head for `rows` rows, as an array of its own (made outside any
+    loop, so it needs no barrier against fusion), or None."""
+    if not sampler.transposed_head(model.cfg, rows):
         return None
-    return jax.jit(lambda embed: embed.T)(model.embed[...])
+    return _transpose(model.embed[...])
+
+
+_transpose = jax.jit(jnp.transpose)
 
 
 def max_new_of(requests: Sequence[Request]) -> int:

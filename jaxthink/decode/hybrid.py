@@ -44,6 +44,7 @@ from jaxthink.decode.engine import (
     Sample,
     check_slots,
     kv_bytes_per_slot,
+    output_matrix,
     put,
     put_cache,
 )
@@ -239,8 +240,7 @@ class Hybrid:
         """The step variant for `slots` rows; on CPU with a tied embedding, its transpose for the
         base model's passes (as `sampler.output_matrix`), made once here."""
         cfg, c = self.base.cfg, self.params.coefficients.shape[0]
-        transposed = transposed_head(cfg, slots * c)
-        head = jax.jit(lambda embed: embed.T)(self.base.embed[...]) if transposed else None
+        head = output_matrix(self.base, slots * c)
         return Steer(
             base_params=self.split[1], hp=self.params, head=head, base_def=self.split[0],
             sae_layer=self.steering.sae_layer, steer_layer=self.steering.layer,
