@@ -1,4 +1,4 @@
-"""Tiny random-weight Qwen2/Qwen3 checkpoints written in the real Hugging Face format.
+"""Tiny random-weight Qwen2 / Qwen3 / Llama checkpoints written in the real Hugging Face format.
 
 `write_tiny_hf` builds the model with `transformers` (the reference implementation), randomises
 every tensor (biases and norm scales included, so a mapping mistake cannot hide behind zeros or
@@ -27,21 +27,27 @@ BASE = dict(
 )
 
 
-def hf_config(family: str = "qwen2", **overrides) -> transformers.PretrainedConfig:
+CLASSES = {
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+}
+
+
+def hf_config(family: str = "qwen2", rope=None, **overrides) -> transformers.PretrainedConfig:
+    """`rope`: extra rope parameters (e.g. Llama 3's scaling) beside the theta."""
     kw = {**BASE, **overrides}
     theta = kw.pop("rope_theta")
-    kw["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+    kw["rope_parameters"] = {"rope_type": "default", "rope_theta": theta, **(rope or {})}
     if family == "qwen3":
         kw.setdefault("head_dim", 24)  # deliberately not hidden / heads
-        return transformers.Qwen3Config(**kw)
-    return transformers.Qwen2Config(**kw)
+    return CLASSES[family][0](**kw)
 
 
 def tiny_hf_model(family: str = "qwen2", seed: int = 0, **overrides):
     cfg = hf_config(family, **overrides)
     torch.manual_seed(seed)
-    cls = transformers.Qwen3ForCausalLM if family == "qwen3" else transformers.Qwen2ForCausalLM
-    model = cls(cfg).float().eval()
+    model = CLASSES[family][1](cfg).float().eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):

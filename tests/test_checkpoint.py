@@ -76,10 +76,15 @@ def test_missing_config(tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"architectures": ["LlamaForCausalLM"]}, "supported: Qwen2ForCausalLM, Qwen3ForCausalLM"),
+        (
+            {"architectures": ["MistralForCausalLM"]},
+            "supported: Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM",
+        ),
+        ({"mlp_bias": True}, "mlp_bias=true is not implemented"),
         ({"auto_map": {"AutoModel": "x.Model"}}, "trust_remote_code"),
         ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope scaling type 'yarn'"),
         ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope scaling type 'linear'"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "'llama3' without low_freq"),
         ({"use_sliding_window": True, "sliding_window": 64}, "sliding-window attention"),
         ({"hidden_act": "gelu"}, "only 'silu'"),
     ],

@@ -113,9 +113,17 @@ def test_occupancy_counts_generated_tokens_over_slot_steps(demo_like):
     assert runner.stats.steps == 13 and runner.stats.occupancy == pytest.approx(24 / 26)
 
 
-@pytest.mark.parametrize("family, tied", [("qwen2", False), ("qwen3", True)])
-def test_greedy_through_the_slots_equals_transformers(family, tied, tmp_path):
-    hf = write_tiny_hf(tmp_path, family, tie_word_embeddings=tied)
+LLAMA3 = dict(
+    rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+    original_max_position_embeddings=32,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "family, tied, rope", [("qwen2", False, None), ("qwen3", True, None), ("llama", False, LLAMA3)]
+)
+def test_greedy_through_the_slots_equals_transformers(family, tied, rope, tmp_path):
+    hf = write_tiny_hf(tmp_path, family, tie_word_embeddings=tied, rope=rope)
     model, _, _ = jaxthink.load(tmp_path, tokenizer=False)
     key = prompt_key(0, 0)
     requests = [

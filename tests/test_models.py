@@ -10,7 +10,13 @@ from jaxthink.models import forward, forward_cached, init_cache
 from jaxthink.models.qwen import with_projections_out_in
 from tests.hf_models import write_tiny_hf
 
-# (family, overrides) covering: bias, qk-norm, head_dim != hidden/heads, GQA 1/2/7, tying, theta.
+# (family, overrides) covering: bias, qk-norm, head_dim != hidden/heads, GQA 1/2/7, tying, theta,
+# Llama (no bias) with and without Llama 3's RoPE scaling (original context 32 of 256: every band
+# of the scaling - kept, interpolated, divided - is used by 16-dimensional heads).
+LLAMA3 = dict(
+    rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+    original_max_position_embeddings=32,
+)  # fmt: skip
 VARIANTS = {
     "qwen2-gqa1-untied": ("qwen2", dict(num_attention_heads=4, num_key_value_heads=4)),
     "qwen2-gqa2-tied": ("qwen2", dict(tie_word_embeddings=True)),
@@ -25,6 +31,8 @@ VARIANTS = {
             num_attention_heads=7, num_key_value_heads=1, tie_word_embeddings=True, rope_theta=1e6
         ),
     ),
+    "llama-gqa2-untied": ("llama", dict(rms_norm_eps=1e-5)),
+    "llama3-rope-tied": ("llama", dict(rope=LLAMA3, tie_word_embeddings=True)),
 }
 LENGTHS = [12, 7, 3]  # a left-padded batch of prompts of different lengths
 

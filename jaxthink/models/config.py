@@ -1,4 +1,6 @@
-"""The model configuration: a typed view of a Hugging Face `config.json` for Qwen2 and Qwen3.
+"""The model configuration: a typed view of a Hugging Face `config.json` for Qwen2, Qwen3 and
+Llama (Llama 3.x, DeepSeek-R1-Distill-Llama: the same decoder without the q/k/v bias, with
+Llama 3's RoPE frequency scaling).
 
 `ModelConfig.from_hf` accepts exactly what the port implements and refuses everything else with a
 message naming the field, the value found and what would be accepted.
@@ -8,11 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 # config.json `architectures` -> the family name the model code switches on.
-ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+ARCHITECTURES = {
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "LlamaForCausalLM": "llama",
+}
 
 
 class ConfigError(ValueError):
@@ -37,11 +46,29 @@ class ModelConfig:
     qk_norm: bool  # Qwen3: RMSNorm over head_dim on queries and keys before RoPE
     max_position_embeddings: int
     checkpoint_dtype: str = "float32"  # the dtype the weights were stored in; export keeps it
+    # Llama 3's RoPE scaling: (factor, low_freq_factor, high_freq_factor, original context)
+    rope_llama3: tuple[float, float, float, int] | None = None
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
     def family(self) -> str:
         return ARCHITECTURES[self.architecture]
+
+    def inv_freq(self):
+        """RoPE inverse frequencies [head_dim / 2] (numpy float32), Llama 3's scaling applied:
+        wavelengths beyond the original context divided by `factor`, those between the high- and
+        low-frequency bounds interpolated smoothly."""
+        dim = self.head_dim
+        inv = 1.0 / (self.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+        if self.rope_llama3 is None:
+            return inv
+        factor, low, high, context = self.rope_llama3
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > context / low, inv / factor, inv)
+        smooth = (context / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < context / high) & ~(wavelen > context / low)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
 
     @property
     def num_params(self) -> int:
@@ -75,6 +102,8 @@ class ModelConfig:
                 f"{source}: hidden_act={c['hidden_act']!r}; only 'silu' is implemented"
             )
         _check_sliding_window(c, source)
+        if c.get("mlp_bias"):
+            raise ConfigError(f"{source}: mlp_bias=true is not implemented; accepted: false")
         heads = c["num_attention_heads"]
         kv_heads = c.get("num_key_value_heads") or heads
         if heads % kv_heads:
@@ -82,9 +111,10 @@ class ModelConfig:
                 f"{source}: num_attention_heads={heads} is not a multiple of "
                 f"num_key_value_heads={kv_heads}"
             )
-        qwen3 = arch == "Qwen3ForCausalLM"
+        qwen3, llama = arch == "Qwen3ForCausalLM", arch == "LlamaForCausalLM"
         default_head_dim = 128 if qwen3 else c["hidden_size"] // heads
         attention_bias = bool(c.get("attention_bias", False))
+        theta, llama3 = _rope(c, source)
         return cls(
             architecture=arch,
             vocab_size=c["vocab_size"],
@@ -94,14 +124,15 @@ class ModelConfig:
             num_heads=heads,
             num_kv_heads=kv_heads,
             head_dim=c.get("head_dim") or default_head_dim,
-            rope_theta=float(_rope_theta(c, source)),
+            rope_theta=float(theta),
             rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
-            qkv_bias=attention_bias if qwen3 else True,
-            o_bias=attention_bias if qwen3 else False,
+            qkv_bias=attention_bias if qwen3 or llama else True,
+            o_bias=attention_bias if qwen3 or llama else False,
             qk_norm=qwen3,
             max_position_embeddings=c.get("max_position_embeddings", 32768),
             checkpoint_dtype=str(c.get("dtype") or c.get("torch_dtype") or "float32"),
+            rope_llama3=llama3,
             hf_config=dict(c),
         )
 
@@ -126,8 +157,16 @@ class ModelConfig:
             dtype=self.checkpoint_dtype,
         )
         c.pop("torch_dtype", None)
-        if self.family == "qwen3":
+        if self.family in ("qwen3", "llama"):
             c["attention_bias"] = self.o_bias
+        if self.family == "llama":
+            c["mlp_bias"] = False
+        if self.rope_llama3 is not None and not (c.get("rope_scaling") or c.get("rope_parameters")):
+            factor, low, high, context = self.rope_llama3
+            c["rope_scaling"] = dict(
+                rope_type="llama3", factor=factor, low_freq_factor=low, high_freq_factor=high,
+                original_max_position_embeddings=context,
+            )  # fmt: skip
         return c
 
 
@@ -141,17 +180,31 @@ def _architecture(c: dict, source: str) -> str:
     )
 
 
-def _rope_theta(c: dict, source: str) -> float:
-    """rope_theta from either the classic keys or transformers 5's `rope_parameters`."""
+def _rope(c: dict, source: str) -> tuple[float, tuple | None]:
+    """(rope_theta, Llama 3 scaling or None) from either the classic keys or transformers 5's
+    `rope_parameters`."""
     params = c.get("rope_parameters") or {}
     scaling = c.get("rope_scaling") or {}
     rope_type = scaling.get("rope_type") or scaling.get("type") or params.get("rope_type")
-    if rope_type not in (None, "default"):
+    if rope_type not in (None, "default", "llama3"):
         raise ConfigError(
             f"{source}: rope scaling type {rope_type!r} is not implemented; "
-            "accepted: rope_scaling null or rope_type 'default'"
+            "accepted: rope_scaling null, rope_type 'default' or 'llama3'"
         )
-    return params.get("rope_theta") or c.get("rope_theta") or 10000.0
+    theta = params.get("rope_theta") or c.get("rope_theta") or 10000.0
+    if rope_type != "llama3":
+        return theta, None
+    given = {**params, **scaling}
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    if missing := [k for k in keys if k not in given]:
+        raise ConfigError(f"{source}: rope_type 'llama3' without {', '.join(missing)}")
+    factor, low, high, context = (given[k] for k in keys)
+    if not high > low:
+        raise ConfigError(
+            f"{source}: llama3 rope scaling needs high_freq_factor > low_freq_factor "
+            f"(got {high} and {low})"
+        )
+    return theta, (float(factor), float(low), float(high), int(context))
 
 
 def _check_sliding_window(c: dict, source: str) -> None:

@@ -1,7 +1,8 @@
-"""The Qwen2 / Qwen3 decoder in Flax NNX, with a per-row KV cache and residual-stream hooks.
+"""The Qwen2 / Qwen3 / Llama decoder in Flax NNX, with a per-row KV cache and residual-stream hooks.
 
-One module tree serves both families; the config switches the two differences (Qwen2: q/k/v bias;
-Qwen3: RMSNorm on queries and keys, explicit head_dim). Every parameter carries logical axis names
+One module tree serves the three families; the config switches their differences (Qwen2: q/k/v
+bias; Qwen3: RMSNorm on queries and keys, explicit head_dim; Llama: no bias, Llama 3's RoPE
+frequency scaling). Every parameter carries logical axis names
 (vocab, embed, heads, kv_heads, head_dim, mlp) that `jaxthink.sharding` maps onto a mesh.
 
 Entry points, all pure functions of (model, inputs):
@@ -90,13 +91,12 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> 
     )
 
 
-def rotary(positions: Array, dim: int, theta: float) -> tuple[Array, Array]:
-    """(cos, sin) [B, T, 1, D] of the RoPE angles at `positions` [B, T]: computed once per
-    forward pass and shared by every block. The barrier keeps XLA from fusing the cosine and
-    sine into each block's query and key products (forward and backward), where they were
-    recomputed for every head."""
-    inv_freq = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
+def rotary(positions: Array, cfg) -> tuple[Array, Array]:
+    """(cos, sin) [B, T, 1, D] of the RoPE angles at `positions` [B, T] (`cfg.inv_freq`: Llama 3's
+    scaling included): computed once per forward pass and shared by every block. The barrier
+    keeps XLA from fusing the cosine and sine into each block's query and key products (forward
+    and backward), where they were recomputed for every head."""
+    angles = positions.astype(jnp.float32)[..., None] * cfg.inv_freq()  # [B, T, D/2]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
     return jax.lax.optimization_barrier((jnp.cos(angles), jnp.sin(angles)))
 
@@ -282,7 +282,7 @@ class Block(nnx.Module):
 
 
 class Qwen(nnx.Module):
-    """A Qwen2/Qwen3 causal LM. Use through `forward` / `forward_cached`."""
+    """A Qwen2 / Qwen3 / Llama causal LM. Use through `forward` / `forward_cached`."""
 
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -385,7 +385,7 @@ def _run_blocks(model, x, positions, mask, *, steer=None, capture_layer=None, ca
     if capture_layer is not None:
         _check_layer(model, capture_layer, "capture_layer")
     captured, kvs = None, []
-    cos_sin = rotary(positions, model.cfg.head_dim, model.cfg.rope_theta)
+    cos_sin = rotary(positions, model.cfg)
     for i, layer in enumerate(model.layers):
         if i < first:
             continue
@@ -455,7 +455,7 @@ def residual_stream(model: Qwen, tokens: Array, valid: Array, layers) -> Array:
     mask = segment_mask(valid.astype(jnp.int32))
     positions = positions_from_valid(valid.astype(bool))
     x = jnp.take(model.embed[...], tokens, axis=0)
-    cos_sin = rotary(positions, model.cfg.head_dim, model.cfg.rope_theta)
+    cos_sin = rotary(positions, model.cfg)
     states = []
     for block in model.layers:
         if len(states) > max(layers):
