@@ -11,8 +11,9 @@ from jaxthink.models.qwen import with_projections_out_in
 from tests.hf_models import write_tiny_hf
 
 # (family, overrides) covering: bias, qk-norm, head_dim != hidden/heads, GQA 1/2/7, tying, theta,
-# Llama (no bias) with and without Llama 3's RoPE scaling (original context 32 of 256: every band
-# of the scaling - kept, interpolated, divided - is used by 16-dimensional heads).
+# Llama without biases or with attention and MLP biases, with no, linear or Llama 3 RoPE scaling
+# (Llama 3's with an original context of 32: every band of its scaling - kept, interpolated,
+# divided - is used by 16-dimensional heads).
 LLAMA3 = dict(
     rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
     original_max_position_embeddings=32,
@@ -33,6 +34,10 @@ VARIANTS = {
     ),
     "llama-gqa2-untied": ("llama", dict(rms_norm_eps=1e-5)),
     "llama3-rope-tied": ("llama", dict(rope=LLAMA3, tie_word_embeddings=True)),
+    "llama-biases-linear-rope": (
+        "llama",
+        dict(attention_bias=True, mlp_bias=True, rope=dict(rope_type="linear", factor=2.0)),
+    ),
 }
 LENGTHS = [12, 7, 3]  # a left-padded batch of prompts of different lengths
 

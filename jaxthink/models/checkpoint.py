@@ -49,6 +49,9 @@ PARAM_RULES: list[tuple[str, tuple[str, ...], str, int]] = [
     ("model.layers.{i}.mlp.gate_proj.weight", ("mlp", "gate"), "linear", 1),
     ("model.layers.{i}.mlp.up_proj.weight", ("mlp", "up"), "linear", 1),
     ("model.layers.{i}.mlp.down_proj.weight", ("mlp", "down"), "linear", 1),
+    ("model.layers.{i}.mlp.gate_proj.bias", ("mlp", "gate_bias"), "flat", 0),
+    ("model.layers.{i}.mlp.up_proj.bias", ("mlp", "up_bias"), "flat", 0),
+    ("model.layers.{i}.mlp.down_proj.bias", ("mlp", "down_bias"), "flat", 0),
 ]
 _RULE_PATTERNS = [
     (re.compile(re.escape(name).replace(r"\{i\}", r"(\d+)")), path, kind, n)

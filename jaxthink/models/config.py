@@ -46,8 +46,10 @@ class ModelConfig:
     qk_norm: bool  # Qwen3: RMSNorm over head_dim on queries and keys before RoPE
     max_position_embeddings: int
     checkpoint_dtype: str = "float32"  # the dtype the weights were stored in; export keeps it
-    # Llama 3's RoPE scaling: (factor, low_freq_factor, high_freq_factor, original context)
-    rope_llama3: tuple[float, float, float, int] | None = None
+    # RoPE scaling: Llama 3's (factor, low_freq_factor, high_freq_factor, original context), or
+    # linear (positions divided by factor: a 1-tuple)
+    rope_scaling: tuple | None = None
+    mlp_bias: bool = False  # Llama with mlp_bias: gate, up and down projections carry a bias
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -55,14 +57,16 @@ class ModelConfig:
         return ARCHITECTURES[self.architecture]
 
     def inv_freq(self):
-        """RoPE inverse frequencies [head_dim / 2] (numpy float32), Llama 3's scaling applied:
-        wavelengths beyond the original context divided by `factor`, those between the high- and
-        low-frequency bounds interpolated smoothly."""
+        """RoPE inverse frequencies [head_dim / 2] (numpy float32), scaled: linear divides them
+        all by `factor`; Llama 3 divides the wavelengths beyond the original context by it and
+        interpolates those between the high- and low-frequency bounds smoothly."""
         dim = self.head_dim
         inv = 1.0 / (self.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
-        if self.rope_llama3 is None:
+        if self.rope_scaling is None:
             return inv
-        factor, low, high, context = self.rope_llama3
+        if len(self.rope_scaling) == 1:
+            return (inv / self.rope_scaling[0]).astype(np.float32)
+        factor, low, high, context = self.rope_scaling
         wavelen = 2 * math.pi / inv
         scaled = np.where(wavelen > context / low, inv / factor, inv)
         smooth = (context / wavelen - low) / (high - low)
@@ -75,7 +79,8 @@ class ModelConfig:
         d, h, k, hd = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
         attn = d * hd * (h + 2 * k) + h * hd * d
         attn += hd * (h + 2 * k) * self.qkv_bias + d * self.o_bias + 2 * hd * self.qk_norm
-        layer = attn + 3 * d * self.intermediate_size + 2 * d
+        mlp = 3 * d * self.intermediate_size + (2 * self.intermediate_size + d) * self.mlp_bias
+        layer = attn + mlp + 2 * d
         head = 0 if self.tie_word_embeddings else self.vocab_size * d
         return self.num_layers * layer + self.vocab_size * d + d + head
 
@@ -102,8 +107,6 @@ class ModelConfig:
                 f"{source}: hidden_act={c['hidden_act']!r}; only 'silu' is implemented"
             )
         _check_sliding_window(c, source)
-        if c.get("mlp_bias"):
-            raise ConfigError(f"{source}: mlp_bias=true is not implemented; accepted: false")
         heads = c["num_attention_heads"]
         kv_heads = c.get("num_key_value_heads") or heads
         if heads % kv_heads:
@@ -114,7 +117,7 @@ class ModelConfig:
         qwen3, llama = arch == "Qwen3ForCausalLM", arch == "LlamaForCausalLM"
         default_head_dim = 128 if qwen3 else c["hidden_size"] // heads
         attention_bias = bool(c.get("attention_bias", False))
-        theta, llama3 = _rope(c, source)
+        theta, scaling = _rope(c, source)
         return cls(
             architecture=arch,
             vocab_size=c["vocab_size"],
@@ -132,7 +135,8 @@ class ModelConfig:
             qk_norm=qwen3,
             max_position_embeddings=c.get("max_position_embeddings", 32768),
             checkpoint_dtype=str(c.get("dtype") or c.get("torch_dtype") or "float32"),
-            rope_llama3=llama3,
+            rope_scaling=scaling,
+            mlp_bias=bool(c.get("mlp_bias", False)) and llama,
             hf_config=dict(c),
         )
 
@@ -160,13 +164,15 @@ class ModelConfig:
         if self.family in ("qwen3", "llama"):
             c["attention_bias"] = self.o_bias
         if self.family == "llama":
-            c["mlp_bias"] = False
-        if self.rope_llama3 is not None and not (c.get("rope_scaling") or c.get("rope_parameters")):
-            factor, low, high, context = self.rope_llama3
+            c["mlp_bias"] = self.mlp_bias
+        scaling = self.rope_scaling
+        if scaling is not None and not (c.get("rope_scaling") or c.get("rope_parameters")):
+            keys = ("factor", "low_freq_factor", "high_freq_factor")
             c["rope_scaling"] = dict(
-                rope_type="llama3", factor=factor, low_freq_factor=low, high_freq_factor=high,
-                original_max_position_embeddings=context,
-            )  # fmt: skip
+                rope_type="linear" if len(scaling) == 1 else "llama3",
+                **dict(zip(keys, scaling[:3], strict=False)),
+                **({"original_max_position_embeddings": scaling[3]} if len(scaling) == 4 else {}),
+            )
         return c
 
 
@@ -181,20 +187,24 @@ def _architecture(c: dict, source: str) -> str:
 
 
 def _rope(c: dict, source: str) -> tuple[float, tuple | None]:
-    """(rope_theta, Llama 3 scaling or None) from either the classic keys or transformers 5's
-    `rope_parameters`."""
+    """(rope_theta, scaling or None) from either the classic keys or transformers 5's
+    `rope_parameters`; the scaling as `ModelConfig.rope_scaling` holds it."""
     params = c.get("rope_parameters") or {}
     scaling = c.get("rope_scaling") or {}
     rope_type = scaling.get("rope_type") or scaling.get("type") or params.get("rope_type")
-    if rope_type not in (None, "default", "llama3"):
+    if rope_type not in (None, "default", "linear", "llama3"):
         raise ConfigError(
             f"{source}: rope scaling type {rope_type!r} is not implemented; "
-            "accepted: rope_scaling null, rope_type 'default' or 'llama3'"
+            "accepted: rope_scaling null, rope_type 'default', 'linear' or 'llama3'"
         )
     theta = params.get("rope_theta") or c.get("rope_theta") or 10000.0
+    given = {**params, **scaling}
+    if rope_type == "linear":
+        if "factor" not in given:
+            raise ConfigError(f"{source}: rope_type 'linear' without factor")
+        return theta, (float(given["factor"]),)
     if rope_type != "llama3":
         return theta, None
-    given = {**params, **scaling}
     keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
     if missing := [k for k in keys if k not in given]:
         raise ConfigError(f"{source}: rope_type 'llama3' without {', '.join(missing)}")

@@ -261,11 +261,19 @@ class MLP(nnx.Module):
         self.gate = _param((e, m), ("embed", "mlp"), dtype, rngs)
         self.up = _param((e, m), ("embed", "mlp"), dtype, rngs)
         self.down = _param((m, e), ("mlp", "embed"), dtype, rngs)
+        self.bias = cfg.mlp_bias  # Llama's mlp_bias: every projection carries a bias
+        if cfg.mlp_bias:
+            self.gate_bias = _param((m,), ("mlp",), dtype, rngs, "zeros")
+            self.up_bias = _param((m,), ("mlp",), dtype, rngs, "zeros")
+            self.down_bias = _param((e,), ("embed",), dtype, rngs, "zeros")
         self.out_in = False  # weights held [out, in]: see `with_projections_out_in`
 
     def __call__(self, x: Array) -> Array:
-        proj = lambda x, w: dense(x, w[...], out_in=self.out_in)
-        return proj(jax.nn.silu(proj(x, self.gate)) * proj(x, self.up), self.down)
+        def proj(x, name):
+            y = dense(x, getattr(self, name)[...], out_in=self.out_in)
+            return y + getattr(self, f"{name}_bias")[...] if self.bias else y
+
+        return proj(jax.nn.silu(proj(x, "gate")) * proj(x, "up"), "down")
 
 
 class Block(nnx.Module):
