@@ -1,14 +1,17 @@
 """Mode policies end to end on a tiny model with the demo tokenizer, and the policy step alone."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import jaxthink
 from jaxthink.data.char_tokenizer import END_THINK, EOS, SHORT, THINK, VOCAB
 from jaxthink.decode import sampler
 from jaxthink.decode.generate import policy_tokens
+from jaxthink.models import forward
 from jaxthink.policies import ModeError, ModeOptions, parse_mode, parse_modes
 from jaxthink.policies import policy as pol
 from jaxthink.policies.modes import FREE, NO_BUDGET
@@ -256,3 +259,82 @@ def test_hybrid_parses_like_every_mode_and_generate_names_how_to_run_it(demo_lik
     with pytest.raises(ModeError, match="--base-model DIR --steering FILE"):
         gen(demo_like, "hybrid")
     assert before == sampler.TRACE_COUNT
+
+
+# ----------------------------------------------------------------------------- plain, and budgets
+
+
+def prefers_think(model):
+    """The model with its head turned towards `<think>` at every position: a constant component
+    along one hidden axis in every token's embedding, which only `<think>`'s head row reads."""
+    graphdef, params = nnx.split(model)
+    params = jax.tree.map(lambda x: x, params)  # a copy
+    embed, head = params["embed"][...], params["lm_head"][...]
+    params["embed"].set_value(embed.at[:, 0].set(4.0))
+    params["lm_head"].set_value(head.at[0, :].set(0.0).at[0, VOCAB[THINK]].set(40.0))
+    return nnx.merge(graphdef, params)
+
+
+def test_thinking_once_ended_stays_ended(demo_like):
+    """A model that always prefers `<think>`: budget forcing closes its thinking, and `<think>`
+    is masked in the answer that follows (without the mask it re-opened at once)."""
+    model, tokenizer = demo_like
+    eager = prefers_think(model)
+    (free,) = jaxthink.generate(eager, tokenizer, QUESTIONS[:1], "think", max_new_tokens=12)
+    assert free.token_ids.count(VOCAB[THINK]) > 6  # it does prefer <think>
+    for mode in ("think_budget=3", "no_think"):
+        (g,) = jaxthink.generate(eager, tokenizer, QUESTIONS[:1], mode, max_new_tokens=24)
+        ids = g.token_ids
+        start = ids.index(VOCAB[END_THINK]) + 1 if VOCAB[END_THINK] in ids else 0
+        assert len(ids) > start + 4 and VOCAB[THINK] not in ids[start:]
+    (plain,) = jaxthink.generate(eager, tokenizer, QUESTIONS[:1], "plain", max_new_tokens=12)
+    assert plain.token_ids == greedy_reference(eager, plain.prompt_ids, 12)  # never masked
+
+
+def greedy_reference(model, prompt_ids: list[int], new: int) -> list[int]:
+    """Greedy tokens by full forward passes: nothing forced or masked."""
+    ids = list(prompt_ids)
+    for _ in range(new):
+        tokens = jnp.asarray([ids], jnp.int32)
+        logits = forward(model, tokens, jnp.ones_like(tokens, bool))
+        ids.append(int(jnp.argmax(logits[0, -1])))
+    return ids[len(prompt_ids) :]
+
+
+def test_plain_forces_and_masks_nothing(demo_like):
+    model, tokenizer = demo_like
+    out = gen(demo_like, "plain", max_new_tokens=12)
+    for g in out:
+        assert g.mode == "plain" and not g.budget_forced
+        want = greedy_reference(model, g.prompt_ids, 12)
+        assert g.token_ids == want[: len(g.token_ids)]
+    # thinkless forces a control token first; plain left it to the model
+    assert [g.token_ids for g in out] != [g.token_ids for g in gen(demo_like, "thinkless")]
+
+
+def test_plain_runs_a_tokenizer_without_thinking_delimiters(demo_like):
+    model, _ = demo_like
+    vocab = {"<pad>": 0, "<eos>": 1, "a": 2, "b": 3}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+    with pytest.raises(ModeError, match="mode plain runs it as it is"):
+        jaxthink.generate(model, hf, ["a b"], "think", chat=False)
+    (g,) = jaxthink.generate(model, hf, ["a b"], "plain", chat=False, max_new_tokens=6)
+    assert g.num_tokens == len(g.token_ids) > 0 and g.num_thinking_tokens == 0
+    assert g.token_ids == greedy_reference(model, [2, 3], 6)[: g.num_tokens]
+
+
+def test_a_system_prompt_reaches_the_template(demo_like):
+    from jaxthink.decode.generate import prepare
+
+    _, tokenizer = demo_like
+    plain = prepare(tokenizer, ["1+1"], "plain", ModeOptions(), chat=True)
+    with_system = prepare(tokenizer, ["1+1"], "plain", ModeOptions(), True, "Be brief.")
+    raw = prepare(tokenizer, ["1+1"], "plain", ModeOptions(), chat=False)
+    assert raw.prompts == ["1+1"]
+    assert with_system.prompts != plain.prompts
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        prepare(tokenizer, ["1+1", "  "], "plain", ModeOptions(), chat=True)

@@ -199,19 +199,22 @@ def _as_list(x, n: int, name: str) -> list:
     return list(x)
 
 
-def prepare(tokenizer, questions: Sequence[str], mode, opts: ModeOptions, chat: bool):
-    """Validates the request and formats each prompt (one row per prompt; its samples share it).
-    Raises before anything compiles."""
+def prepare(tokenizer, questions: Sequence[str], mode, opts: ModeOptions, chat: bool, system=None):
+    """Validates the request and formats each prompt (one row per prompt; its samples share it):
+    the chat template with `system` as a system turn if given (`chat=False`: the text as it is),
+    then the mode's prefill. Raises before anything compiles."""
     if isinstance(questions, str):
         questions = [questions]
     if not questions:
         raise ValueError("no prompts given")
+    if empty := [i for i, q in enumerate(questions) if not str(q).strip()]:
+        raise ValueError(f"prompt {empty[0]} is empty; give each prompt some text")
     control = control_tokens(tokenizer)
     opens = thinking_prefix_in_prompt(tokenizer) if chat else False
     modes = [parse_mode(m) for m in _as_list(mode, len(questions), "mode")]
     setups = [row_setup(m, opts, control, opens) for m in modes]
     prompts = [
-        (format_prompt(tokenizer, q) if chat else q) + setup.prefill
+        (format_prompt(tokenizer, q, system=system) if chat else q) + setup.prefill
         for q, setup in zip(questions, setups, strict=True)
     ]
     return GenerateRequest(prompts, list(questions), modes, setups)
@@ -295,13 +298,13 @@ def settings_from(settings: GenerateConfig | None, fields: dict) -> GenerateConf
 
 
 def _start(
-    model, tokenizer, prompts, mode, settings, options, stop_tokens, chat, samples
+    model, tokenizer, prompts, mode, settings, options, stop_tokens, chat, system, samples
 ) -> tuple[_Context, Iterator]:
     """Checks and formats the request (raising before anything compiles); (its context, the
     engine's finished samples as they end)."""
     settings = settings or GenerateConfig()
     opts = options or ModeOptions.for_model(getattr(model, "cfg", None))
-    req = prepare(tokenizer, prompts, mode, opts, chat)
+    req = prepare(tokenizer, prompts, mode, opts, chat, system)
     seed, n, count = settings.seed, settings.n, len(req.prompts)
     if isinstance(seed, Sequence) and len(seed) != count:
         raise ValueError(f"seed: got {len(seed)} seeds for {count} prompts")
@@ -350,6 +353,7 @@ def stream(
     options: ModeOptions | None = None,
     stop_tokens: Sequence[int] = (),
     chat: bool = True,
+    system: str | None = None,
     samples: Sequence[Sequence[int]] | None = None,
 ) -> Iterator[tuple[int, int, Generation]]:
     """(prompt index, sample index, Generation) of every sample, as each ends.
@@ -358,7 +362,7 @@ def stream(
     prompt p is the same whichever others are asked for, since it draws from its own key.
     """
     context, finished = _start(
-        model, tokenizer, prompts, mode, settings, options, stop_tokens, chat, samples
+        model, tokenizer, prompts, mode, settings, options, stop_tokens, chat, system, samples
     )
     for sample in finished:
         yield sample.request, sample.index, context.generation(sample.request, sample)
@@ -374,6 +378,7 @@ def generate(
     options: ModeOptions | None = None,
     stop_tokens: Sequence[int] = (),
     chat: bool = True,
+    system: str | None = None,
     progress=None,
     **fields,
 ) -> Generations:
@@ -382,7 +387,8 @@ def generate(
     The settings are a `GenerateConfig`, or its fields as keywords (`n`, `max_new_tokens`,
     `temperature`, `top_p`, `top_k`, `seed`, `slots`), which override it. Rows may mix modes and
     budgets; they run through the continuous-batching engine (`jaxthink.decode.engine`).
-    `chat=False` uses the prompts as already-formatted text. Results come in prompt order, the n
+    `chat=False` uses the prompts as already-formatted text (no chat template: base models,
+    few-shot prompts); `system` adds a system turn to the template. Results come in prompt order, the n
     samples of a prompt next to each other, as `Generations`: the samples' arrays, and a sequence
     of their `Generation`s. Sample j of prompt p draws from its own key, so it depends neither on
     the slots nor on the other prompts. `progress(k)` is called as k samples end.
@@ -391,7 +397,7 @@ def generate(
     if isinstance(prompts, str):
         prompts = [prompts]
     context, finished = _start(
-        model, tokenizer, prompts, mode, settings, options, stop_tokens, chat, None
+        model, tokenizer, prompts, mode, settings, options, stop_tokens, chat, system, None
     )
     n = settings.n
     results: list = [None] * (len(prompts) * n)

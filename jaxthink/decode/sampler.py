@@ -176,7 +176,8 @@ def step(
             masked, sampling.keys, s.lengths, sampling.temperature, sampling.top_k, sampling.top_p
         )
     else:
-        sampled, choice = steer.choose(s.hybrid, masked, sampling.keys, s.lengths, active)
+        # the published algorithm: both models' greedy tokens, unmasked
+        sampled, choice = steer.choose(s.hybrid, s.logits, sampling.keys, s.lengths, active)
     phase_before = s.policy.phase
     token, pstate = policy.step(sampled, s.policy, pparams, tok, active)
     token = jnp.where(active, token, pad_id)

@@ -25,6 +25,7 @@ MODES = {
     "short": (None, "force the <short> control token"),
     "think_forced": ("[N]", "force the <think> control token (budget N if given)"),
     "extend": ("K", "s1-style: suppress the end of thinking K times, appending 'Wait' instead"),
+    "plain": (None, "the chat template as it is, nothing forced or masked (any tokenizer)"),
     "hybrid": (None, "a thinking model steers a base model (--base-model, --steering)"),
 }
 _NEEDS_VALUE = {"think_budget", "extend"}
@@ -32,8 +33,8 @@ _TAKES_VALUE = {"think_budget", "extend", "thinkless", "think_forced"}
 
 # Phases of a row in the decode loop.
 PRE, THINK, ANSWER = 0, 1, 2
-# Control-token handling at the first response token.
-FREE, CHOOSE, FORCE_SHORT, FORCE_THINK = 0, 1, 2, 3
+# Control-token handling at the first response token (PLAIN: none, and nothing masked later).
+FREE, CHOOSE, FORCE_SHORT, FORCE_THINK, PLAIN = 0, 1, 2, 3, 4
 
 
 class ModeError(ValueError):
@@ -151,6 +152,8 @@ def row_setup(mode: Mode, opts: ModeOptions, control, prompt_opens_thinking: boo
     the first response token, the way that model was trained to start thinking.
     """
     check_mode_supported(mode, control, prompt_opens_thinking)
+    if mode.name == "plain":  # thinking, if the model opens it, is still split and counted
+        return RowSetup("", THINK if prompt_opens_thinking else PRE, PLAIN, NO_BUDGET, 0, 0)
     budget = mode.budget or NO_BUDGET
     grace = math.ceil(0.1 * budget) if (opts.finish_line and mode.budget) else 0
     extend = mode.value if mode.name == "extend" else 0
@@ -174,6 +177,8 @@ def check_mode_supported(mode: Mode, control, prompt_opens_thinking: bool) -> No
             "(python -m infer --mode hybrid --base-model DIR --steering FILE, or "
             "jaxthink.hybrid_generate(thinking, base, tokenizer, prompts, steering))"
         )
+    if mode.name == "plain":
+        return
     if mode.uses_control_tokens:
         if control.short is None or control.think is None:
             raise ModeError(
@@ -189,5 +194,6 @@ def check_mode_supported(mode: Mode, control, prompt_opens_thinking: bool) -> No
     if not control.has_thinking:
         raise ModeError(
             f"mode {mode} needs the tokens <think> and </think> in the tokenizer; "
-            "this tokenizer has no thinking delimiters"
+            "this tokenizer has no thinking delimiters (mode plain runs it as it is: "
+            "--mode plain, or mode='plain')"
         )

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxthink.policies.modes import ANSWER, CHOOSE, FORCE_SHORT, PRE, THINK
+from jaxthink.policies.modes import ANSWER, CHOOSE, FORCE_SHORT, FREE, PLAIN, PRE, THINK
 
 Array = jax.Array
 _NEG = -1e30
@@ -79,7 +79,9 @@ def init_state(params: PolicyParams, queue_width: int) -> PolicyState:
 
 
 def mask_logits(logits: Array, state: PolicyState, params: PolicyParams, tok: PolicyTokens):
-    """Restricts the first response token of control-token rows to the allowed control tokens."""
+    """Restricts the first response token of control-token rows to the allowed control tokens,
+    and masks `<think>` in the answer (thinking, once ended, stays ended: budgets hold). Rows of
+    mode plain are never masked."""
     vocab = jnp.arange(logits.shape[-1])
     is_short, is_think = vocab == tok.short, vocab == tok.think
     allowed = jnp.select(
@@ -87,8 +89,10 @@ def mask_logits(logits: Array, state: PolicyState, params: PolicyParams, tok: Po
         [is_short | is_think, is_short],
         is_think,
     )
-    restrict = (state.phase == PRE) & (params.control != 0)
-    return jnp.where(restrict[:, None] & ~allowed, _NEG, logits)
+    first = (state.phase == PRE) & (params.control != FREE) & (params.control != PLAIN)
+    answering = (state.phase == ANSWER) & (params.control != PLAIN)
+    masked = (first[:, None] & ~allowed) | (answering[:, None] & is_think)
+    return jnp.where(masked, _NEG, logits)
 
 
 def step(sampled: Array, state: PolicyState, params: PolicyParams, tok: PolicyTokens, active):
