@@ -101,3 +101,26 @@ def test_a_free_text_prompt_is_read_as_the_task_question(capsys):
     main(["--prompt", "What is 4821 + 967?", "--json", "--mode", "think"])
     (row,) = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert (row["prompt"], row["answer"]) == ("4821+967", "\\boxed{5788}")
+
+
+def test_free_text_reads_as_the_task_question_on_every_path(demo, tmp_path):
+    """The checkpoint's chat template (the shipped model's, and any built on the character
+    tokenizer, as `python -m train` builds them) writes free text as the task's question."""
+    from transformers import AutoTokenizer
+
+    from jaxthink.data.char_tokenizer import build_char_tokenizer
+    from jaxthink.tokenizer import format_prompt
+
+    model, tokenizer, _ = demo
+    fresh = AutoTokenizer.from_pretrained(build_char_tokenizer(tmp_path), local_files_only=True)
+    pairs = [("What is 4,821 + 967?", "4821+967"), ("What is 347 x 26?", "347*26"),
+             ("347 \u00d7 26", "347*26"), ("explain 3 x 4", "3*4"), ("12 - 5", "12-5")]  # fmt: skip
+    for tok in (tokenizer, fresh):
+        for free, question in pairs:
+            assert format_prompt(tok, free) == format_prompt(tok, question) == f"Q: {question}\nA:"
+        assert format_prompt(tok, "hello") == "Q: hello\nA:"  # no digits: left as it is
+    free, canonical = jaxthink.generate(
+        model, tokenizer, ["What is 347 x 26?", "347*26"], "think", max_new_tokens=256
+    )
+    assert free.token_ids == canonical.token_ids
+    assert extract_answer(free.text) == str(true_answer("347*26"))

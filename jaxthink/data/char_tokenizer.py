@@ -41,10 +41,24 @@ MODE_OPTIONS = {"answer_prefix": "\\boxed{", "no_think_text": ""}
 # token -> id, stable across builds: specials, control tokens, then the characters.
 VOCAB = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CONTROL_TOKENS + CHARACTERS)}
 
+# The chat template writes a user turn as the task's question: the digits and the signs
+# + - * of the text, with x or the multiplication sign between digits read as *, so that
+# "What is 4,821 + 967?" and "4821+967" are one prompt on every path that formats a prompt (a text
+# with no digit is left as it is). The checkpoint carries it: models trained on this tokenizer
+# read free text the same way.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'user' -%}"
-    "{{ 'Q: ' + message['content'] + '\n' }}"
+    "{%- set ns = namespace(q='') -%}"
+    "{%- for ch in message['content'] | replace(' ', '') | replace(',', '') -%}"
+    "{%- if ch in '0123456789+-*' -%}{%- set ns.q = ns.q + ch -%}"
+    "{%- elif ch in 'x\u00d7' and loop.previtem is defined and loop.nextitem is defined"
+    " and loop.previtem in '0123456789' and loop.nextitem in '0123456789' -%}"
+    "{%- set ns.q = ns.q + '*' -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set q = ns.q if ns.q | select('in', '0123456789') | list else message['content'] -%}"
+    "{{ 'Q: ' + q + '\n' }}"
     "{%- elif message['role'] == 'assistant' -%}"
     "{{ 'A:' + message['content'] + '" + EOS + "' }}"
     "{%- else -%}"
