@@ -12,7 +12,7 @@ from jaxthink.decode import (
     generate,
     hybrid_generate,
 )
-from jaxthink.loading import load
+from jaxthink.loading import demo_model_dir, load
 from jaxthink.models import ModelConfig, Qwen, export_hf, forward, forward_cached, init_cache
 from jaxthink.policies import Mode, ModeOptions, parse_mode, parse_modes
 
@@ -25,6 +25,7 @@ __all__ = [
     "ModeOptions",
     "ModelConfig",
     "Qwen",
+    "demo_model_dir",
     "export_hf",
     "forward",
     "forward_cached",

@@ -68,6 +68,7 @@ def test_the_demo_model_ships_inside_the_package(demo):
     assert size < 20 * 2**20
     assert cfg.hf_config["mode_options"]["answer_prefix"] == "\\boxed{"
     assert tokenizer.convert_tokens_to_ids(["<think>", "</think>", "<short>"]) == [3, 4, 5]
+    assert jaxthink.demo_model_dir() == demo_model_dir()  # the notebook's way to it
 
 
 def test_thinkless_answers_easy_problems_directly_and_thinks_on_hard_ones(demo, problems, think):
