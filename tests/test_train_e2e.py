@@ -168,6 +168,7 @@ def test_non_finite_update_stops_with_the_last_checkpoint_intact(sft_run, tmp_pa
     shutil.copytree(sft_run, run_dir)
     shutil.rmtree(run_dir / "hf")
     overrides = [f"run_dir={run_dir}", "optim.lr=nan", f"steps={SFT_STEPS + 10}"]
+    overrides.append("on_change=resume")  # other settings, asked for
     cfg = load_config(SFTConfig, sft_run / "config.yaml", overrides)
     with pytest.raises(TrainingStopped) as stopped:
         train_sft(cfg, log=quiet)
@@ -178,8 +179,8 @@ def test_non_finite_update_stops_with_the_last_checkpoint_intact(sft_run, tmp_pa
     assert _checkpoints(run_dir)[-1] == SFT_STEPS
     assert not (run_dir / "hf").exists()
     # the checkpoint left behind still holds the good parameters: finishing from it exports them
-    cfg = load_config(SFTConfig, sft_run / "config.yaml", [f"run_dir={run_dir}"])
-    train_sft(cfg, log=quiet)
+    back = [f"run_dir={run_dir}", "on_change=resume"]  # the first settings again, asked for
+    train_sft(load_config(SFTConfig, sft_run / "config.yaml", back), log=quiet)
     same_weights(run_dir / "hf", sft_run / "hf", atol=0.0)
 
 

@@ -123,6 +123,9 @@ class RunFields:
     keep_checkpoints: int = 3
     log_every: int = 10
     resume: bool = True  # continue from the latest checkpoint in run_dir, if there is one
+    # a rerun whose settings or start checkpoint differ from the run's: "refuse", "resume"
+    # (continue with the new settings) or "restart" (start over, its checkpoints removed)
+    on_change: str = "refuse"
     export: bool = True  # write the final model as a Hugging Face directory, run_dir/hf
     mesh: MeshConfig = dataclasses.field(default_factory=lambda: MeshConfig(1, 1, 1))
     remat: bool = False  # recompute each block in the backward pass: memory for long rows
@@ -130,6 +133,8 @@ class RunFields:
 
     def __post_init__(self):
         _positive(self, "steps", "save_every", "keep_checkpoints", "log_every")
+        if self.on_change not in ("refuse", "resume", "restart"):
+            raise ValueError(f"on_change={self.on_change!r}; accepted: refuse, resume, restart")
 
 
 @dataclasses.dataclass(frozen=True)

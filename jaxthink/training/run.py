@@ -2,8 +2,10 @@
 
 `start_run` joins the multi-host run the config asks for (before any device is used) and
 gives the run's logger (silent off the main process). `prepare_run_dir` prepares `run_dir`
-(local or gs://; the resolved config is written to `run_dir/config.yaml`) and `start_state`
-restores the latest checkpoint when `resume` allows it. `TrainState` is the bundle of what a
+(local or gs://; the resolved config is written to `run_dir/config.yaml`, a fingerprint of the
+start checkpoint's files to `run_dir/start.json`) and refuses to continue a run whose settings or
+start checkpoint changed, unless `on_change` says what to do; `start_state` restores the latest
+checkpoint when `resume` allows it. `TrainState` is the bundle of what a
 checkpoint holds; on a mesh it is created and restored directly on its shardings (a `Layout`).
 `check_finite` turns a non-finite step into `TrainingStopped` with a message that names the
 step, the numbers and the last good checkpoint.
@@ -12,6 +14,9 @@ step, the numbers and the last good checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+from pathlib import Path
 
 import jax
 import yaml
@@ -23,6 +28,20 @@ from jaxthink.training.configfile import to_dict
 
 class TrainingStopped(RuntimeError):
     """The run stopped before its last step (a non-finite loss or update)."""
+
+
+class RunChanged(ValueError):
+    """A rerun into a run directory whose settings or start checkpoint differ from its own."""
+
+
+# Settings a resumed run may change: where and how often it saves and logs, and how it is laid
+# out over devices. Every other key changes what the run computes (the schedule over `steps`
+# included), so a change is refused unless `on_change` says otherwise.
+RESUMABLE_CHANGES = {
+    "run_dir", "resume", "on_change", "save_every", "keep_checkpoints", "log_every", "export",
+    "mesh", "distributed", "remat",
+}  # fmt: skip
+ON_CHANGE = ("refuse", "resume", "restart")
 
 
 @dataclasses.dataclass
@@ -55,19 +74,93 @@ def start_run(cfg, log=print):
 
 
 def prepare_run_dir(cfg):
-    """Creates run_dir, refuses to clobber an old run when resume is off, saves the config.
-    Returns (run_dir as an etils.epath.Path, checkpointer)."""
+    """Creates run_dir, refuses to clobber an old run when resume is off, and to continue one
+    whose settings or start checkpoint changed unless `cfg.on_change` is "resume" (continue
+    with the new settings) or "restart" (its checkpoints removed); saves the config and the start
+    checkpoint's fingerprint. Returns (run_dir as an etils.epath.Path, checkpointer)."""
     run_dir = run_path(cfg.run_dir)
     ckpt = Checkpointer(run_dir / "checkpoints", cfg.save_every, cfg.keep_checkpoints)
-    if not cfg.resume and ckpt.latest_step() is not None:
+    latest = ckpt.latest_step()
+    on_change = getattr(cfg, "on_change", "refuse")
+    if on_change not in ON_CHANGE:
+        raise ValueError(f"on_change={on_change!r}; accepted: {', '.join(ON_CHANGE)}")
+    start = start_fingerprint(cfg)
+    if latest is not None and not cfg.resume:
         raise FileExistsError(
-            f"{run_dir} already holds checkpoints (latest step {ckpt.latest_step()}); "
+            f"{run_dir} already holds checkpoints (latest step {latest}); "
             "pass resume=true to continue that run, or choose another run_dir"
         )
+    if latest is not None and (changes := changed_settings(run_dir, cfg, start)):
+        if on_change == "refuse":
+            raise RunChanged(
+                f"{run_dir} holds a run (latest step {latest}) started with other settings: "
+                + "; ".join(changes)
+                + ". Rerun with its settings (its config.yaml), choose another run_dir, or pass "
+                "on_change=resume (continue with these settings) or on_change=restart (start "
+                "over, removing its checkpoints)"
+            )
+        if on_change == "restart" and distributed.is_main():
+            ckpt.wait()
+            (run_dir / "checkpoints").rmtree()
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if on_change == "restart":
+            ckpt = Checkpointer(run_dir / "checkpoints", cfg.save_every, cfg.keep_checkpoints)
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        (run_dir / "start.json").write_text(json.dumps(start, indent=1) + "\n")
     return run_dir, ckpt
+
+
+def start_checkpoint(cfg) -> str:
+    """The directory of the checkpoint a run starts from ("" for a fresh model)."""
+    model = getattr(cfg, "model", "")
+    return getattr(model, "checkpoint", model) or ""
+
+
+def start_fingerprint(cfg) -> dict:
+    """{"checkpoint": its directory, "sha256": of its files' names and bytes} ({} for none)."""
+    path = start_checkpoint(cfg)
+    if not path or not Path(path).is_dir():
+        return {}
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(path).iterdir() if p.is_file()):
+        digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return {"checkpoint": str(Path(path).absolute()), "sha256": digest.hexdigest()}
+
+
+def changed_settings(run_dir, cfg, start: dict) -> list[str]:
+    """What differs between the run in `run_dir` (its config.yaml and start.json) and `cfg`
+    with start checkpoint `start`, as "key: old -> new" lines (RESUMABLE_CHANGES left out)."""
+    changes = []
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        old, new = _flat(yaml.safe_load(saved.read_text())), _flat(to_dict(cfg))
+        for key in sorted(old.keys() | new.keys()):
+            if key.split(".")[0] not in RESUMABLE_CHANGES and old.get(key) != new.get(key):
+                changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    recorded = run_dir / "start.json"
+    if recorded.exists() and start:
+        before = json.loads(recorded.read_text())
+        if before.get("sha256") not in (None, start["sha256"]):
+            changes.append(
+                f"the start checkpoint {start['checkpoint']} has changed since the run began "
+                "(its files differ)"
+            )
+    return changes
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def start_state(cfg, ckpt: Checkpointer, params, tx, data_iter, log=print, layout=None):
