@@ -458,8 +458,7 @@ def _format_sampling_row(r: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m infer bench", description=__doc__)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", action="append", choices=list(SHAPES), help="default: all")
     p.add_argument("--batch", action="append", type=int, help="default: 1 and 8")
     p.add_argument("--new-tokens", type=int, help="default: 128 (with --sampling: 32)")
@@ -473,7 +472,16 @@ def main(argv: list[str] | None = None) -> None:
         "--sampling", action="store_true",
         help="instead: what sampling costs next to greedy (sampling_costs; batch default 64)",
     )  # fmt: skip
-    args = p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m infer bench", description=__doc__)
+    add_arguments(p)
+    run_command(p.parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> None:
+    """The bench the parsed flags ask for (`add_arguments`)."""
     if args.sampling:
         for b in args.batch or [64]:
             sampling_costs(

@@ -125,8 +125,7 @@ def bench(args) -> dict:
     )  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m infer bench-hybrid", description=__doc__)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", choices=list(BENCH_SHAPES), default="demo")
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--prompt-len", type=int, default=32)
@@ -134,7 +133,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vector-norm", type=float, default=8.0)
     p.add_argument("--base-noise", type=float, default=0.03, help="relative noise on the base")
     p.add_argument("--repeats", type=int, default=3, help="best of this many cached runs")
-    args = p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m infer bench-hybrid", description=__doc__)
+    add_arguments(p)
+    run_command(p.parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> None:
+    """Times the cached hybrid decode against the uncached loop and prints the table row."""
     r = bench(args)
     print(f"devices: {jax.devices()}")
     print(

@@ -52,11 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m infer bench-slots", description=__doc__.split("\n")[0]
     )
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload", default="skewed,demo", help="comma list of skewed, demo")
     p.add_argument("--requests", type=int, default=256)
     p.add_argument("--slots", type=int, default=16)
     p.add_argument("--max-new", type=int, default=128, help="the longest request (skewed)")
-    return p
 
 
 def skewed_lengths(count: int, longest: int, seed: int = 0) -> list[int]:
@@ -180,7 +184,11 @@ def measure(name: str, model, tok, requests, slots: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    run_command(build_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> None:
+    """Measures each workload of --workload and prints its table row."""
     builders = {"skewed": _skewed, "demo": _demo}
     print(f"devices: {jax.devices()}")
     print("| workload | requests | slots (KV MiB each) | tokens | median / longest | same tokens | "

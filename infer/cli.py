@@ -1,49 +1,133 @@
-"""`python -m infer`: generate with any mode from the command line.
+"""`python -m infer`: generate with any mode from the command line, evaluate, or benchmark.
 
     python -m infer --mode think_budget=512 --prompt "What is 4821 + 967?"
     echo "12*34" | python -m infer --mode thinkless --json
     python -m infer --data problems.jsonl --mode think_budget=128,256 --n 8 --out runs/eval
-    python -m infer bench
     python -m infer --mode hybrid --model THINKING_DIR --base-model BASE_DIR --steering FILE
+    python -m infer bench
     python -m infer bench-hybrid
 
-Without --model the shipped demo model answers. Human output shows the thinking dimmed, then the
-answer, the mode and token counts; --json prints one JSON object per sample.
+The commands are subparsers: `generate` (the default, so `python -m infer --mode ...` is
+`python -m infer generate --mode ...`), `bench`, `bench-hybrid` and `bench-slots`. The flags of
+`generate` become one checked `GenerateCommand` before any model is loaded. Without --model the
+shipped demo model answers. Human output shows the thinking dimmed (colours only on a terminal,
+and never with NO_COLOR set), then the answer, the mode and token counts; --json prints one JSON
+object per sample. Argument errors exit with status 2, Ctrl-C with 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
 
-from infer import hybrid
-from jaxthink.policies import ModeError, ModeOptions, modes_help, parse_modes
+from infer import bench, bench_hybrid, bench_slots, hybrid
+from jaxthink.decode.generate import GenerateConfig
+from jaxthink.eval import PRESETS
+from jaxthink.policies import Mode, ModeOptions, modes_help, parse_modes
 
+PROG = "python -m infer"
 DIM, BOLD, RESET = "\033[2m", "\033[1m", "\033[0m"
+DEMO_MAX_NEW, MAX_NEW = 320, 1024  # --max-new-tokens defaults: the demo model, any other
+# The commands beside `generate`: (one-line help, module with add_arguments and run_command)
+BENCHES = {
+    "bench": ("decode speed beside transformers' generate", bench),
+    "bench-hybrid": ("cached against uncached hybrid decoding", bench_hybrid),
+    "bench-slots": ("continuous batching against a static batch", bench_slots),
+}
+TORCH = 'pip install torch==2.13.0 (or pip install -e ".[bench]")'
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m infer",
-        description="Generate with a reasoning mode (subcommands `bench`: decode speed, "
-        "`bench-hybrid`: cached against uncached hybrid decoding).",
-        epilog=modes_help() + hybrid.HELP,
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and a hint, not the usage block."""
+
+    commands: dict[str, argparse.ArgumentParser]  # the subparsers, by command (top level)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\ntry: {self.prog} --help\n")
+
+
+@dataclass(frozen=True)
+class GenerateCommand:
+    """What `python -m infer [generate]` was asked, checked: built once from the arguments."""
+
+    model: str | None  # a checkpoint directory; None: the shipped demo model
+    modes: tuple[Mode, ...]  # one, or a sweep for an evaluation
+    settings: GenerateConfig
+    prompts: tuple[str, ...] = ()  # --prompt; none: read stdin
+    data: str | None = None  # a problem file: evaluate into `out`
+    out: str | None = None
+    preset: str = "auto"  # how --data names its fields (load_problems)
+    question_field: str | None = None
+    answer_field: str | None = None
+    json: bool = False
+    answer_prefix: str | None = None  # mode options over the checkpoint's own
+    no_think_text: str | None = None
+    wait_text: str | None = None
+    finish_line: bool = False
+    hybrid: hybrid.HybridSettings | None = None  # --mode hybrid
+
+
+def build_parser() -> Parser:
+    """The parser of every command; `parse_args` adds `generate` when no command is named."""
+    parser = Parser(
+        prog=PROG, description="Generate with a reasoning mode, evaluate, or benchmark."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    generate = commands.add_parser(
+        "generate",
+        prog=PROG,
+        help="generate or evaluate with a mode (the default command)",
+        description="Generate with a reasoning mode, or with --data evaluate modes on a problem "
+        f"set.\nThis is the default command ({PROG} generate ... is the same). The others:\n"
+        + "".join(f"  {name:<14} {text}\n" for name, (text, _) in BENCHES.items())
+        + f"({PROG} COMMAND --help shows a command's flags)",
+        epilog=modes_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_generate_arguments(generate)
+    for name, (text, module) in BENCHES.items():
+        sub = commands.add_parser(
+            name,
+            help=text,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub)
+    parser.commands = commands.choices
+    return parser
+
+
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint directory (default: the shipped demo model)")
     p.add_argument(
         "--mode", action="append", help="a mode, e.g. think_budget=512 (repeat or comma-sweep)"
     )
     p.add_argument("--prompt", action="append", help="a question (repeatable; default: stdin)")
     p.add_argument("--data", help="a JSONL/Parquet file of problems: evaluate instead")
-    p.add_argument("--n", type=int, default=1, help="samples per prompt")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 1024 (demo: 320)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, default=1, help="samples per prompt (default: %(default)s)")
+    p.add_argument(
+        "--temperature", type=float, default=0.0,
+        help="sampling temperature, 0 = greedy (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default: %(default)s)")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=0,
+        help="most likely tokens kept, 0 = all (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=None,
+        help=f"generated tokens per sample (default: {MAX_NEW}; the demo model: {DEMO_MAX_NEW})",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument(
         "--slots", "--batch-size", type=int, default=None, dest="slots",
         help="decode slots: rows decoded together, refilled from the queue as rows end "
@@ -51,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object per sample on stdout")
     p.add_argument("--out", help="output directory for an evaluation (--data)")
+    p.add_argument(
+        "--preset", choices=["auto", *PRESETS], default="auto",
+        help="how --data names its fields (default: auto, told from the first record's keys)",
+    )  # fmt: skip
+    p.add_argument("--question-field", help="--data's question field (instead of the preset's)")
+    p.add_argument("--answer-field", help="--data's answer field (instead of the preset's)")
     own = "default: the checkpoint's mode_options, else"
     p.add_argument("--answer-prefix", help=f"{own} {ModeOptions.answer_prefix!r}")
     p.add_argument("--no-think-text", help=f"{own} {ModeOptions.no_think_text!r}")
@@ -59,111 +149,162 @@ def build_parser() -> argparse.ArgumentParser:
         "--finish-line", action="store_true", help="budget forcing: end the line first (10%% grace)"
     )
     hybrid.add_arguments(p)
-    return p
 
 
-def parse_args(argv: list[str] | None):
-    """Parses and validates everything cheap to check, before any model is loaded."""
+def parse_args(argv: list[str]) -> GenerateCommand | argparse.Namespace:
+    """A `GenerateCommand` for `generate` (checked), a bench's flags for a bench. Bad input ends
+    here with exit status 2, before any model is loaded."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if not argv or argv[0] not in parser.commands:
+        argv = ["generate", *argv]
+    args, unknown = parser.parse_known_args(argv)
+    command = parser.commands[args.command]
+    if unknown:
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command != "generate":
+        return args
     try:
-        args.hybrid = hybrid.check_args(parser, args)  # sets args.modes for --mode hybrid
-        if not args.hybrid:
-            args.modes = [m for text in (args.mode or ["think"]) for m in parse_modes(text)]
-    except ModeError as e:
-        parser.error(str(e))
+        return generate_command(args)
+    except ValueError as e:  # ModeError and GenerateConfig's checks are ValueErrors
+        command.error(str(e))
+
+
+def generate_command(args: argparse.Namespace) -> GenerateCommand:
+    """The checked command of `generate`'s parsed flags; raises ValueError naming a bad flag."""
+    hybrid_settings = hybrid.settings_of(args)
+    if hybrid_settings:
+        modes = (Mode("hybrid"),)
+    else:
+        modes = tuple(m for text in (args.mode or ["think"]) for m in parse_modes(text))
     if args.n < 1:
-        parser.error(f"--n {args.n}: the number of samples per prompt must be at least 1")
+        raise ValueError(f"--n {args.n}: the number of samples per prompt must be at least 1")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        parser.error(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
     if args.data and not args.out:
-        parser.error(
+        raise ValueError(
             f"--data {args.data} needs --out DIR (samples, summary, table and plots go there)"
         )
-    if args.data is None and len(args.modes) > 1:
-        parser.error("several modes are for evaluation sweeps: give --data FILE, or one --mode")
-    return args
+    if args.data is None and len(modes) > 1:
+        raise ValueError("several modes are for evaluation sweeps: give --data FILE, or one --mode")
+    fields = {"--preset": args.preset != "auto", "--question-field": args.question_field,
+              "--answer-field": args.answer_field}  # fmt: skip
+    if args.data is None and any(fields.values()):
+        raise ValueError(
+            f"{', '.join(f for f, given in fields.items() if given)}: only with --data"
+        )
+    max_new = args.max_new_tokens or (DEMO_MAX_NEW if args.model is None else MAX_NEW)
+    return GenerateCommand(
+        model=args.model, modes=modes, settings=settings_of(args, max_new),
+        prompts=tuple(args.prompt or ()), data=args.data, out=args.out, preset=args.preset,
+        question_field=args.question_field, answer_field=args.answer_field, json=args.json,
+        answer_prefix=args.answer_prefix, no_think_text=args.no_think_text,
+        wait_text=args.wait_text, finish_line=args.finish_line, hybrid=hybrid_settings,
+    )  # fmt: skip
 
 
-def mode_options(args, model_cfg) -> ModeOptions:
+def settings_of(args: argparse.Namespace, max_new: int) -> GenerateConfig:
+    """The command line's `GenerateConfig` (checked: a bad value is refused before compiling)."""
+    return GenerateConfig(
+        n=args.n, max_new_tokens=max_new, temperature=args.temperature, top_p=args.top_p,
+        top_k=args.top_k, seed=args.seed, slots=args.slots,
+    )  # fmt: skip
+
+
+def mode_options(command: GenerateCommand, model_cfg) -> ModeOptions:
     """The checkpoint's own mode options with the command line's explicit values on top."""
     return ModeOptions.for_model(
         model_cfg,
-        no_think_text=args.no_think_text,
-        answer_prefix=args.answer_prefix,
-        finish_line=args.finish_line or None,
-        wait_text=args.wait_text,
-    )
-
-
-def _prompts(args) -> list[str]:
-    if args.prompt:
-        return args.prompt
-    if sys.stdin is not None and not sys.stdin.isatty():
-        lines = [line.strip() for line in sys.stdin]
-        if any(lines):
-            return [line for line in lines if line]
-    return []
-
-
-def _show(g, out) -> None:
-    tokens_s = g.num_tokens / g.seconds if g.seconds > 0 else float("nan")
-    print(f"{BOLD}Q:{RESET} {g.prompt}", file=out)
-    if g.thinking:
-        print(f"{DIM}{g.thinking.strip()}{RESET}", file=out)
-    print(f"{BOLD}A:{RESET} {g.answer.strip()}", file=out)
-    forced = ", budget forced" if g.budget_forced else ""
-    print(
-        f"{DIM}[mode {g.mode} -> {g.chosen_mode}{forced} | thinking {g.num_thinking_tokens} "
-        f"+ answer {g.num_answer_tokens} tokens | {g.finish_reason} | {tokens_s:.0f} tok/s]{RESET}\n",
-        file=out,
+        no_think_text=command.no_think_text,
+        answer_prefix=command.answer_prefix,
+        finish_line=command.finish_line or None,
+        wait_text=command.wait_text,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:
-        from infer.bench import main as bench
-
-        return bench(argv[1:])
-    if argv[:1] == ["bench-hybrid"]:
-        from infer.bench_hybrid import main as bench_hybrid
-
-        return bench_hybrid(argv[1:])
-    if argv[:1] == ["bench-slots"]:
-        from infer.bench_slots import main as bench_slots
-
-        return bench_slots(argv[1:])
-    args = parse_args(argv)
+    command = parse_args(argv)
     try:
-        _main(args)
+        if isinstance(command, GenerateCommand):
+            _generate(command)
+        else:
+            _bench(command)
+    except KeyboardInterrupt:
+        exit_interrupted(interrupted(command))
     except ValueError as e:  # every input error jaxthink raises is a ValueError with a message
-        sys.exit(f"python -m infer: error: {e}")
+        if not isinstance(command, GenerateCommand):
+            raise
+        sys.exit(f"{PROG}: error: {e}")
 
 
-def _main(args) -> None:
+def interrupted(command: GenerateCommand | argparse.Namespace) -> str:
+    """The one line Ctrl-C ends with (an evaluation says where it resumes from)."""
+    if not isinstance(command, GenerateCommand):
+        return f"{PROG} {command.command}: interrupted"
+    if command.data is None:
+        return f"{PROG}: interrupted"
+    from infer.evaluate import SAMPLES_JSONL
+
+    return (
+        f"{PROG}: interrupted; finished samples are kept in {Path(command.out) / SAMPLES_JSONL}: "
+        "rerun the same command to resume"
+    )
+
+
+def exit_interrupted(message: str) -> NoReturn:
+    """Prints `message` and ends the process with status 130 at once. Tearing the interpreter
+    down after an interrupt inside a compile or a running XLA computation can crash it (SIGSEGV,
+    with or without a traceback), and whatever the command wrote is complete: an evaluation
+    appends whole lines, and its reader drops a line cut short."""
+    print(message, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
+def _bench(args: argparse.Namespace) -> None:
+    if args.command == "bench":
+        require_torch("bench", "the bench compares jaxthink with transformers' PyTorch models")
+    if args.command == "bench-slots" and "skewed" in args.workload.split(","):
+        require_torch(
+            "bench-slots",
+            "the skewed workload builds its model with transformers' PyTorch classes "
+            "(--workload demo needs no torch)",
+        )
+    BENCHES[args.command][1].run_command(args)
+
+
+def require_torch(command: str, why: str) -> None:
+    """Exits with one line saying what to install when torch is missing."""
+    if importlib.util.find_spec("torch") is None:
+        sys.exit(f"{PROG} {command}: error: {why}, and torch is not installed: {TORCH}")
+
+
+def _generate(command: GenerateCommand) -> None:
     import jaxthink
     from jaxthink.loading import demo_model_dir
 
-    model_dir = args.model or demo_model_dir()
-    model, tokenizer, model_cfg = jaxthink.load(model_dir)
-    args.options = mode_options(args, model_cfg)
-    demo = args.model is None
-    max_new = args.max_new_tokens or (320 if demo else 1024)
-    if args.hybrid:
-        return hybrid.run_cli(args, model, tokenizer, _prompts(args), max_new)
-    if args.data:
-        from infer.evaluate import evaluate_cli
+    if command.data:  # a file that cannot be read is refused before any model loads
+        from infer.evaluate import evaluate_cli, load_cli_problems
 
-        return evaluate_cli(args, model, tokenizer, max_new)
-    prompts = _prompts(args) or (demo_examples() if demo else [])
-    if demo:  # the demo model knows one format: "What is 4821 + 967?" -> "4821+967"
+        problems = load_cli_problems(command)
+    model, tokenizer, model_cfg = jaxthink.load(command.model or demo_model_dir())
+    options = mode_options(command, model_cfg)
+    generate_fn = hybrid.load_generate(command.hybrid) if command.hybrid else None
+    if command.data:
+        return evaluate_cli(command, problems, model, tokenizer, options, generate_fn)
+    prompts = _prompts(command)
+    if (
+        command.model is None
+    ):  # the demo model knows one format: "What is 4821 + 967?" -> "4821+967"
         from jaxthink.data.arithmetic import question_from_text
 
-        prompts = [question_from_text(p) for p in prompts]
+        prompts = [question_from_text(p) for p in prompts or demo_examples()]
     if not prompts:
         sys.exit("no prompts: give --prompt TEXT (repeatable) or prompts on stdin, one per line")
-    run(args, model, tokenizer, prompts, max_new)
+    if command.hybrid:
+        return hybrid.run_cli(command, generate_fn, model, tokenizer, prompts)
+    run(command, model, tokenizer, options, prompts)
 
 
 def demo_examples() -> list[str]:
@@ -171,37 +312,61 @@ def demo_examples() -> list[str]:
     return ["4821*10", "482*100", "739215+8", "4821+967", "23*47", "4821*36"]
 
 
-def settings_of(args, max_new: int):
-    """The command line's `GenerateConfig` (checked: a bad value is refused before compiling)."""
-    from jaxthink.decode.generate import GenerateConfig
+def _prompts(command: GenerateCommand) -> list[str]:
+    if command.prompts:
+        return list(command.prompts)
+    if sys.stdin is not None and not sys.stdin.isatty():
+        lines = [line.strip() for line in sys.stdin]
+        if any(lines):
+            return [line for line in lines if line]
+    return []
 
-    return GenerateConfig(
-        n=args.n, max_new_tokens=max_new, temperature=args.temperature, top_p=args.top_p,
-        top_k=args.top_k, seed=args.seed, slots=args.slots,
-    )  # fmt: skip
 
-
-def run(args, model, tokenizer, prompts: list[str], max_new: int) -> None:
+def run(command: GenerateCommand, model, tokenizer, options: ModeOptions, prompts: list[str]):
     import jaxthink
 
-    settings = settings_of(args, max_new)
-    many = len(prompts) * args.n > (args.slots or 64)
-    progress = _progress_bar(len(prompts) * args.n) if many else None
+    settings = command.settings
+    many = len(prompts) * settings.n > (settings.slots or 64)
+    progress = _progress_bar(len(prompts) * settings.n) if many else None
     t0 = time.perf_counter()
-    results = jaxthink.generate(
-        model, tokenizer, prompts, args.modes[0], settings, options=args.options,
-        progress=progress.update if progress else None,
-    )  # fmt: skip
-    if progress:
-        progress.close()
+    try:
+        results = jaxthink.generate(
+            model, tokenizer, prompts, command.modes[0], settings, options=options,
+            progress=progress.update if progress else None,
+        )  # fmt: skip
+    finally:
+        if progress:
+            progress.close()
     for g in results:
-        if args.json:
+        if command.json:
             print(json.dumps(g.to_json()), flush=True)
         else:
             _show(g, sys.stdout)
-    if not args.json:
+    if not command.json:
         total = sum(g.num_tokens for g in results)
         print(f"{len(results)} samples, {total} tokens in {time.perf_counter() - t0:.1f}s")
+
+
+def styles(out) -> tuple[str, str, str]:
+    """(dim, bold, reset): ANSI codes when `out` is a terminal and NO_COLOR is unset, else ""."""
+    if os.environ.get("NO_COLOR") or not (hasattr(out, "isatty") and out.isatty()):
+        return "", "", ""
+    return DIM, BOLD, RESET
+
+
+def _show(g, out) -> None:
+    dim, bold, reset = styles(out)
+    tokens_s = g.num_tokens / g.seconds if g.seconds > 0 else float("nan")
+    print(f"{bold}Q:{reset} {g.prompt}", file=out)
+    if g.thinking:
+        print(f"{dim}{g.thinking.strip()}{reset}", file=out)
+    print(f"{bold}A:{reset} {g.answer.strip()}", file=out)
+    forced = ", budget forced" if g.budget_forced else ""
+    print(
+        f"{dim}[mode {g.mode} -> {g.chosen_mode}{forced} | thinking {g.num_thinking_tokens} "
+        f"+ answer {g.num_answer_tokens} tokens | {g.finish_reason} | {tokens_s:.0f} tok/s]{reset}\n",
+        file=out,
+    )
 
 
 def _progress_bar(total: int):

@@ -32,9 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from infer import report
-from infer.cli import settings_of
 from jaxthink.decode.generate import GenerateConfig, Generation, settings_from, stream
-from jaxthink.eval import Problem, Verdict, grade_many, load_problems
+from jaxthink.eval import DatasetError, Problem, Verdict, grade_many, load_problems
 from jaxthink.policies import Mode, ModeOptions, parse_modes
 
 SAMPLES_JSONL, RUN_JSON, LOCK = "samples.jsonl", "run.json", ".lock"
@@ -112,37 +111,54 @@ def evaluate(
     return summary
 
 
-def evaluate_cli(args, model, tokenizer, max_new: int, generate_fn=None) -> None:
-    """`python -m infer --data FILE --out DIR ...`: evaluates and prints the table (or JSON)."""
-    if not args.out:
-        raise ValueError(
-            f"--data {args.data} needs --out DIR: the directory for samples.jsonl, summary.json, "
-            "summary.md and the plots (a directory holding an interrupted run resumes it)"
-        )
-    problems = load_problems(args.data)
-    if not problems:
-        raise ValueError(f"{args.data}: the file holds no problems")
-    if args.n > 1 and args.temperature == 0:
+def evaluate_cli(
+    command, problems, model, tokenizer, options: ModeOptions, generate_fn=None
+) -> None:
+    """`python -m infer --data FILE --out DIR ...`: evaluates `command` (a `GenerateCommand`)
+    on its problems (`load_cli_problems`) and prints the table (or JSON)."""
+    settings = command.settings
+    if settings.n > 1 and settings.temperature == 0:
         print(
-            f"warning: --n {args.n} with --temperature 0 (greedy) gives {args.n} identical "
-            "samples per problem; pass e.g. --temperature 0.6 for parallel scaling",
+            f"warning: --n {settings.n} with --temperature 0 (greedy) gives {settings.n} "
+            "identical samples per problem; pass e.g. --temperature 0.6 for parallel scaling",
             file=sys.stderr,
         )
-    info = {"data": str(args.data), "model": args.model or "demo"}
-    try:
-        summary = evaluate(
-            model, tokenizer, problems, args.modes, settings_of(args, max_new), out_dir=args.out,
-            options=args.options, info=info, generate_fn=generate_fn,
-        )  # fmt: skip
-    except KeyboardInterrupt:
-        sys.exit(f"interrupted: finished samples are in {Path(args.out) / SAMPLES_JSONL}; rerun "
-                 "the same command to resume")  # fmt: skip
-    if args.json:
+    info = {"data": str(command.data), "model": command.model or "demo"}
+    summary = evaluate(
+        model, tokenizer, problems, command.modes, settings, out_dir=command.out,
+        options=options, info=info, generate_fn=generate_fn,
+    )  # fmt: skip
+    if command.json:
         print(json.dumps(summary), flush=True)
     else:
         print(report.markdown(summary))
-        print(f"wrote {args.out}/: {SAMPLES_JSONL}, {report.SUMMARY_JSON}, {report.SUMMARY_MD}, "
-              f"{report.PASS_AT_K_PNG}, {report.PARETO_PNG}")  # fmt: skip
+        print(f"wrote {command.out}/: {SAMPLES_JSONL}, {report.SUMMARY_JSON}, "
+              f"{report.SUMMARY_MD}, {report.PASS_AT_K_PNG}, {report.PARETO_PNG}")  # fmt: skip
+
+
+# load_problems' keywords, as `python -m infer` spells them (its errors name the keywords)
+DATA_FLAGS = {
+    "preset=": "--preset",
+    "question_field=": "--question-field",
+    "answer_field=": "--answer-field",
+}
+
+
+def load_cli_problems(command) -> list[Problem]:
+    """The problems of --data, read with --preset / --question-field / --answer-field; errors
+    name the command line's flags."""
+    try:
+        problems = load_problems(
+            command.data, command.preset, command.question_field, command.answer_field
+        )
+    except DatasetError as error:
+        message = str(error)
+        for keyword, flag in DATA_FLAGS.items():
+            message = message.replace(keyword, flag)
+        raise ValueError(message) from None
+    if not problems:
+        raise ValueError(f"{command.data}: the file holds no problems")
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------

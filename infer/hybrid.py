@@ -14,11 +14,18 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 
-HELP = (
-    "\n  hybrid               the thinking model (--model) steers a base model (--base-model) with"
-    "\n                       the vectors of --steering FILE wherever their greedy tokens differ"
-)
+
+@dataclass(frozen=True)
+class HybridSettings:
+    """What `--mode hybrid` adds to a request: the base model it steers, the steering file, the
+    steering coefficients to choose from and the ablation."""
+
+    base_model: str
+    steering: str
+    coefficients: tuple[float, ...]
+    ablation: str = "none"
 
 
 def add_arguments(parser) -> None:
@@ -33,37 +40,35 @@ def add_arguments(parser) -> None:
     g.add_argument("--ablation", choices=ABLATIONS, default="none", help="default: none")
 
 
-def check_args(parser, args) -> bool:
-    """Whether the request is a hybrid one; validates it (and sets args.modes) if so, and calls
-    parser.error on bad input."""
+def settings_of(args) -> HybridSettings | None:
+    """The hybrid settings of parsed arguments, None for a request that is not a hybrid one;
+    raises ValueError naming the flag for bad or misplaced hybrid flags."""
     from jaxthink.decode.hybrid import DEFAULT_COEFFICIENTS
-    from jaxthink.policies import Mode
 
     if "hybrid" not in (args.mode or []):
         given = [f for f in ("base_model", "steering", "coefficients") if getattr(args, f)]
         if given or args.ablation != "none":
             flags = ", ".join("--" + f.replace("_", "-") for f in given) or "--ablation"
-            parser.error(f"{flags}: only for --mode hybrid")
-        return False
+            raise ValueError(f"{flags}: only for --mode hybrid")
+        return None
     if args.mode != ["hybrid"]:
-        parser.error("--mode hybrid runs alone: give it as the only --mode")
+        raise ValueError("--mode hybrid runs alone: give it as the only --mode")
     if not args.base_model or not args.steering:
-        parser.error("--mode hybrid needs --base-model DIR and --steering FILE")
+        raise ValueError("--mode hybrid needs --base-model DIR and --steering FILE")
     if args.model is None:
-        parser.error("--mode hybrid needs --model THINKING_DIR (the thinking model)")
+        raise ValueError("--mode hybrid needs --model THINKING_DIR (the thinking model)")
     if args.temperature != 0 or args.n != 1:
-        parser.error("--mode hybrid decodes greedily: use --temperature 0 and --n 1")
+        raise ValueError("--mode hybrid decodes greedily: use --temperature 0 and --n 1")
+    text = args.coefficients
     try:
-        text = args.coefficients
-        args.coefficient_grid = (
+        grid = (
             DEFAULT_COEFFICIENTS if text is None else tuple(float(c) for c in text.split(",") if c)
         )
     except ValueError:
-        parser.error(f"--coefficients {args.coefficients!r}: expected numbers like 0.5,1.0")
-    if not args.coefficient_grid:
-        parser.error("--coefficients: give at least one coefficient")
-    args.modes = [Mode("hybrid")]
-    return True
+        raise ValueError(f"--coefficients {text!r}: expected numbers like 0.5,1.0") from None
+    if not grid:
+        raise ValueError("--coefficients: give at least one coefficient")
+    return HybridSettings(args.base_model, args.steering, tuple(grid), args.ablation)
 
 
 def generate_fn(base_model, base_tokenizer, steering, coefficients, ablation):
@@ -83,36 +88,37 @@ def generate_fn(base_model, base_tokenizer, steering, coefficients, ablation):
     return generate
 
 
-def run_cli(args, model, tokenizer, prompts: list[str], max_new: int) -> None:
+def load_generate(settings: HybridSettings):
+    """`generate_fn` with the base model and steering file of `settings` loaded."""
     import jaxthink
     from jaxthink.steer.vectors import load_steering
 
-    base_model, base_tokenizer, _ = jaxthink.load(args.base_model)
-    steering = load_steering(args.steering)
-    generate = generate_fn(
-        base_model, base_tokenizer, steering, args.coefficient_grid, args.ablation
+    base_model, base_tokenizer, _ = jaxthink.load(settings.base_model)
+    steering = load_steering(settings.steering)
+    return generate_fn(
+        base_model, base_tokenizer, steering, settings.coefficients, settings.ablation
     )
-    if args.data:
-        from infer.evaluate import evaluate_cli
 
-        return evaluate_cli(args, model, tokenizer, max_new, generate_fn=generate)
-    if not prompts:
-        sys.exit("no prompts: give --prompt TEXT (repeatable) or prompts on stdin, one per line")
+
+def run_cli(command, generate, model, tokenizer, prompts: list[str]) -> None:
+    """Decodes the prompts of `command` (a `GenerateCommand`) with `generate` (`load_generate`)
+    and prints them with the share of steered tokens."""
+    from infer.cli import _show
+
+    settings = command.settings
     t0 = time.perf_counter()
     results = generate(
-        model, tokenizer, prompts, "hybrid", max_new_tokens=max_new, seed=args.seed,
-        slots=args.slots,
+        model, tokenizer, prompts, "hybrid", max_new_tokens=settings.max_new_tokens,
+        seed=settings.seed, slots=settings.slots,
     )  # fmt: skip
     for g in results:
-        if args.json:
+        if command.json:
             print(json.dumps(g.to_json()), flush=True)
         else:
-            from infer.cli import _show
-
             _show(g, sys.stdout)
             print(f"steered {g.steered_tokens} of {g.num_tokens} tokens "
                   f"({100 * g.steered_fraction:.1f}%)\n")  # fmt: skip
-    if not args.json:
+    if not command.json:
         total = sum(g.num_tokens for g in results)
         steered = sum(g.steered_tokens for g in results)
         print(f"{len(results)} samples, {total} tokens ({100 * steered / max(total, 1):.1f}% "

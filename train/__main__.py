@@ -2,18 +2,23 @@
 `python -m train bench --model DIR` (an RL step on any checkpoint, beside TRL's GRPOTrainer),
 `python -m train plot RUN_DIR... --out FILE.png [--key think_ratio]` (runs side by side).
 
-A config is a YAML file of a typed dataclass (`jaxthink.training.config.SFTConfig` /
-`RLConfig`, `jaxthink.training.sae_run.SAERunConfig`,
+Each command is a subparser (`python -m train --help` lists them, `python -m train COMMAND
+--help` shows its flags). A config is a YAML file of a typed dataclass
+(`jaxthink.training.config.SFTConfig` / `RLConfig`, `jaxthink.training.sae_run.SAERunConfig`,
 `jaxthink.training.steer_run.SteerRunConfig`); `key=value` arguments override it, dotted for
-nested sections
-(`optim.lr=3e-4 rollout.group_size=4`). `--print-config` shows the resolved config and exits.
+nested sections (`optim.lr=3e-4 rollout.group_size=4`), before or after the flags.
+`--print-config` shows the resolved config and exits.
 Exit status: 0 done, 1 training stopped (non-finite loss), 2 bad config or input.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from pathlib import Path
+
+from train import bench
 
 COMMANDS = {
     "sft": "supervised warm-up on paired <think>/<short> data",
@@ -23,18 +28,56 @@ COMMANDS = {
     "bench": "seconds (by phase), tokens/s and memory of an RL step; --model DIR: beside TRL",
     "plot": "one metric of several runs over steps (e.g. DeGRPO against GRPO)",
 }
+CONFIG_COMMANDS = ("sft", "rl", "sae", "steer")  # a run config, overrides, --print-config
+
+
+def _not_the_torch_notice(record: logging.LogRecord) -> bool:
+    """transformers' import-time notice that PyTorch is missing: training never needs torch."""
+    return not record.getMessage().startswith("PyTorch was not found.")
+
+
+logging.getLogger("transformers").addFilter(_not_the_torch_notice)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m train",
-        description="; ".join(f"{name}: {text}" for name, text in COMMANDS.items()),
+        prog="python -m train", description="Train, benchmark or plot jaxthink runs."
     )
-    p.add_argument("command", choices=[c for c in COMMANDS if c not in ("bench", "plot")])
-    p.add_argument("--config", help="a YAML run config (default: the dataclass defaults)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
+    commands = p.add_subparsers(dest="command", required=True)
+    for name in CONFIG_COMMANDS:
+        sub = commands.add_parser(name, help=COMMANDS[name], description=COMMANDS[name])
+        sub.add_argument("--config", help="a YAML run config (default: the dataclass defaults)")
+        sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+        sub.add_argument(
+            "--print-config", action="store_true", help="print the resolved config, exit"
+        )
+    commands.add_parser(  # train/bench.py's own flags
+        "bench",
+        parents=[bench.build_parser()],
+        add_help=False,
+        help=COMMANDS["bench"],
+        description=bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    plot = commands.add_parser("plot", help=COMMANDS["plot"], description=COMMANDS["plot"])
+    plot.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="run directories (label=DIR names a line)"
+    )
+    plot.add_argument("--out", required=True, help="the PNG to write")
+    plot.add_argument("--key", default="think_ratio", help="the metric (default think_ratio)")
+    plot.add_argument("--title")
     return p
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """The parsed command; `key=value` overrides may come before or after the flags."""
+    args, unknown = parser.parse_known_args(argv)
+    overrides = [a for a in unknown if "=" in a and not a.startswith("-")]
+    if unknown and (args.command not in CONFIG_COMMANDS or len(overrides) < len(unknown)):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
 
 
 def config_class(command: str):
@@ -74,17 +117,16 @@ def run(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:
-        from train.bench import main as bench
-
-        return bench(argv[1:])
-    if argv[:1] == ["plot"]:
-        return plot(argv[1:])
-    args = build_parser().parse_intermixed_args(argv)
+    args = parse_args(build_parser(), argv)
+    if args.command == "bench":  # parsed again by train/bench.py, which resolves its defaults
+        return bench.main(argv[argv.index("bench") + 1 :])
     from jaxthink.training.run import TrainingStopped
 
     try:
-        run(args)
+        if args.command == "plot":
+            plot(args)
+        else:
+            run(args)
     except TrainingStopped as e:
         print(f"python -m train {args.command}: stopped: {e}", file=sys.stderr)
         sys.exit(1)
@@ -93,29 +135,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
-def plot(argv: list[str]) -> None:
+def plot(args) -> None:
     """`python -m train plot RUN_DIR... --out FILE.png`: one line per run (its metrics.jsonl)."""
-    from pathlib import Path
-
     from jaxthink.training.metrics import plot_metric
 
-    p = argparse.ArgumentParser(prog="python -m train plot", description=COMMANDS["plot"])
-    p.add_argument(
-        "runs", nargs="+", metavar="RUN_DIR", help="run directories (label=DIR names a line)"
-    )
-    p.add_argument("--out", required=True, help="the PNG to write")
-    p.add_argument("--key", default="think_ratio", help="the metric (default think_ratio)")
-    p.add_argument("--title")
-    args = p.parse_args(argv)
     runs = {}
     for item in args.runs:
         label, _, path = item.rpartition("=")
         metrics = Path(path) / "metrics.jsonl"
         if not metrics.is_file():
-            p.error(f"{path}: no metrics.jsonl (expected a training run directory)")
+            raise ValueError(f"{path}: no metrics.jsonl (expected a training run directory)")
         runs[label or Path(path).name] = metrics
     if plot_metric(runs, args.out, args.key, args.title) is None:
-        p.error(f"no run logged {args.key!r}")
+        raise ValueError(f"no run logged {args.key!r}")
     print(f"wrote {args.out}")
 
 
