@@ -72,6 +72,8 @@ class GenerateCommand:
     wait_text: str | None = None
     finish_line: bool = False
     hybrid: hybrid.HybridSettings | None = None  # --mode hybrid
+    raw: bool = False  # prompts as they are, no chat template
+    system: str | None = None  # a system turn in the chat template
 
 
 def build_parser() -> Parser:
@@ -133,6 +135,11 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
         help="decode slots: rows decoded together, refilled from the queue as rows end "
         "(default: one per sample, within a quarter of the device's memory, at most 64 on CPU)",
     )  # fmt: skip
+    p.add_argument(
+        "--raw", action="store_true",
+        help="send the prompts as they are, without the chat template (base models, few-shot)",
+    )  # fmt: skip
+    p.add_argument("--system", metavar="TEXT", help="a system message for the chat template")
     p.add_argument("--json", action="store_true", help="one JSON object per sample on stdout")
     p.add_argument("--out", help="output directory for an evaluation (--data)")
     p.add_argument(
@@ -192,6 +199,12 @@ def generate_command(args: argparse.Namespace) -> GenerateCommand:
         raise ValueError(
             f"{', '.join(f for f, given in fields.items() if given)}: only with --data"
         )
+    if args.raw and args.system is not None:
+        raise ValueError("--system goes into the chat template, which --raw leaves out")
+    if hybrid_settings and args.system is not None:
+        raise ValueError("--system: not available with --mode hybrid")
+    if args.prompt and not all(p.strip() for p in args.prompt):
+        raise ValueError("--prompt: an empty prompt; give each --prompt some text")
     max_new = args.max_new_tokens or (DEMO_MAX_NEW if args.model is None else MAX_NEW)
     return GenerateCommand(
         model=args.model, modes=modes, settings=settings_of(args, max_new),
@@ -199,6 +212,7 @@ def generate_command(args: argparse.Namespace) -> GenerateCommand:
         question_field=args.question_field, answer_field=args.answer_field, json=args.json,
         answer_prefix=args.answer_prefix, no_think_text=args.no_think_text,
         wait_text=args.wait_text, finish_line=args.finish_line, hybrid=hybrid_settings,
+        raw=args.raw, system=args.system,
     )  # fmt: skip
 
 
@@ -293,15 +307,11 @@ def _generate(command: GenerateCommand) -> None:
     generate_fn = hybrid.load_generate(command.hybrid) if command.hybrid else None
     if command.data:
         return evaluate_cli(command, problems, model, tokenizer, options, generate_fn)
-    prompts = _prompts(command)
-    if (
-        command.model is None
-    ):  # the demo model knows one format: "What is 4821 + 967?" -> "4821+967"
-        from jaxthink.data.arithmetic import question_from_text
-
-        prompts = [question_from_text(p) for p in prompts or demo_examples()]
+    prompts = _prompts(command)  # free text: the demo model's chat template reads it as the task
     if not prompts:
-        sys.exit("no prompts: give --prompt TEXT (repeatable) or prompts on stdin, one per line")
+        sys.exit(
+            f"{PROG}: error: no prompts: give --prompt TEXT (repeatable) or prompts on stdin, one per line"
+        )
     if command.hybrid:
         return hybrid.run_cli(command, generate_fn, model, tokenizer, prompts)
     run(command, model, tokenizer, options, prompts)
@@ -313,13 +323,18 @@ def demo_examples() -> list[str]:
 
 
 def _prompts(command: GenerateCommand) -> list[str]:
+    """--prompt, else the non-empty lines of stdin when it is not a terminal, else (a terminal,
+    or a stdin that ends at once, like /dev/null) the demo model's built-in examples (for another
+    model: none). A stdin of only empty lines is refused."""
     if command.prompts:
         return list(command.prompts)
     if sys.stdin is not None and not sys.stdin.isatty():
-        lines = [line.strip() for line in sys.stdin]
-        if any(lines):
-            return [line for line in lines if line]
-    return []
+        lines = sys.stdin.readlines()
+        if lines and not any(line.strip() for line in lines):
+            sys.exit(f"{PROG}: error: stdin held only empty lines; give one prompt per line")
+        if lines:
+            return [line.strip() for line in lines if line.strip()]
+    return demo_examples() if command.model is None else []
 
 
 def run(command: GenerateCommand, model, tokenizer, options: ModeOptions, prompts: list[str]):
@@ -332,16 +347,22 @@ def run(command: GenerateCommand, model, tokenizer, options: ModeOptions, prompt
     try:
         results = jaxthink.generate(
             model, tokenizer, prompts, command.modes[0], settings, options=options,
-            progress=progress.update if progress else None,
+            progress=progress.update if progress else None, chat=not command.raw,
+            system=command.system,
         )  # fmt: skip
     finally:
         if progress:
             progress.close()
-    for g in results:
-        if command.json:
-            print(json.dumps(g.to_json()), flush=True)
-        else:
-            _show(g, sys.stdout)
+    n = settings.n
+    for p in range(len(prompts)):
+        group = results[p * n : (p + 1) * n]
+        for j, g in enumerate(group):
+            if command.json:
+                print(json.dumps(g.to_json()), flush=True)
+            else:
+                _show(g, sys.stdout, f" sample {j + 1}/{n}" if n > 1 else "")
+        if n > 1 and not command.json:
+            print(majority_line(group) + "\n")
     if not command.json:
         total = sum(g.num_tokens for g in results)
         print(f"{len(results)} samples, {total} tokens in {time.perf_counter() - t0:.1f}s")
@@ -354,10 +375,22 @@ def styles(out) -> tuple[str, str, str]:
     return DIM, BOLD, RESET
 
 
-def _show(g, out) -> None:
+def majority_line(group) -> str:
+    """The majority answer of one prompt's samples and how many agree with it."""
+    from jaxthink.eval import canonical_answer, extract_answer, majority_vote
+
+    answers = [extract_answer(g.text) for g in group]
+    winner = majority_vote(answers)
+    if winner is None:
+        return f"majority answer: none (no sample of {len(group)} gave an answer)"
+    agree = sum(a is not None and canonical_answer(a) == canonical_answer(winner) for a in answers)
+    return f"majority answer: {winner} ({agree} of {len(group)} samples agree)"
+
+
+def _show(g, out, label: str = "") -> None:
     dim, bold, reset = styles(out)
     tokens_s = g.num_tokens / g.seconds if g.seconds > 0 else float("nan")
-    print(f"{bold}Q:{reset} {g.prompt}", file=out)
+    print(f"{bold}Q{label}:{reset} {g.prompt}", file=out)
     if g.thinking:
         print(f"{dim}{g.thinking.strip()}{reset}", file=out)
     print(f"{bold}A:{reset} {g.answer.strip()}", file=out)

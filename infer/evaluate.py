@@ -38,7 +38,10 @@ from jaxthink.policies import Mode, ModeOptions, parse_modes
 
 SAMPLES_JSONL, RUN_JSON, LOCK = "samples.jsonl", "run.json", ".lock"
 # The settings a resumed run must share with the samples already on disk.
-SAMPLE_SETTINGS = ("n", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "options")
+SAMPLE_SETTINGS = (
+    "n", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "options", "chat", "system",
+)  # fmt: skip
+SETTING_DEFAULTS = {"chat": True, "system": None}  # of keys an older run.json may lack
 
 Key = tuple[str, str, int]  # (mode, problem id, sample index)
 
@@ -55,6 +58,8 @@ def evaluate(
     progress: bool = True,
     info: dict | None = None,
     generate_fn=None,
+    chat: bool = True,
+    system: str | None = None,
     **fields,
 ) -> dict:
     """Samples, grades and summarises every mode on every problem; returns the summary.
@@ -64,7 +69,8 @@ def evaluate(
     is one seed, from which each problem's is derived). Outputs go to `out_dir` (see the module
     docstring); an `out_dir` holding an interrupted run is resumed. `info` (e.g. the data and
     model paths) is recorded in run.json and the summary. `generate_fn` stands in for
-    `jaxthink.generate` if given (the hybrid decode passes its own).
+    `jaxthink.generate` if given (the hybrid decode passes its own). `chat=False` sends the
+    questions without the chat template; `system` adds a system turn (as in `generate`).
     """
     modes = _as_modes(modes)
     _check_problems(problems)
@@ -73,8 +79,16 @@ def evaluate(
     options = options or ModeOptions.for_model(model.cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    recorded = {name: getattr(settings, name) for name in SAMPLE_SETTINGS if name != "options"}
+    prompt = {"chat": chat, "system": system}
+    recorded = {
+        name: getattr(settings, name)
+        for name in SAMPLE_SETTINGS
+        if name not in prompt and name != "options"
+    }
     recorded["options"] = dataclasses.asdict(options)
+    recorded.update(prompt)
+    if generate_fn is not None and system is not None:
+        raise ValueError("system: not available with the hybrid decode")
     with _sole_writer(out):
         run = _claim_run(out / RUN_JSON, recorded, info or {})
         samples_path = out / SAMPLES_JSONL
@@ -91,10 +105,14 @@ def evaluate(
             if not todo:
                 finished = iter(())
             elif generate_fn is None:
-                finished = _stream_problems(model, tokenizer, todo, seed, settings, options)
+                finished = _stream_problems(
+                    model, tokenizer, todo, seed, settings, options, chat, system
+                )
             else:
                 finished = (
-                    _sample_problems(model, tokenizer, chunk, seed, settings, options, generate_fn)
+                    _sample_problems(
+                        model, tokenizer, chunk, seed, settings, options, generate_fn, chat
+                    )
                     for chunk in _chunks(todo, max(1, (settings.slots or 64) // n))
                 )
             for rows in finished:
@@ -126,7 +144,8 @@ def evaluate_cli(
     info = {"data": str(command.data), "model": command.model or "demo"}
     summary = evaluate(
         model, tokenizer, problems, command.modes, settings, out_dir=command.out,
-        options=options, info=info, generate_fn=generate_fn,
+        options=options, info=info, generate_fn=generate_fn, chat=not command.raw,
+        system=command.system,
     )  # fmt: skip
     if command.json:
         print(json.dumps(summary), flush=True)
@@ -182,7 +201,7 @@ def _chunks(todo: list, size: int) -> list[list]:
     return chunks
 
 
-def _stream_problems(model, tokenizer, todo, seed, settings, options):
+def _stream_problems(model, tokenizer, todo, seed, settings, options, chat, system):
     """The rows of each problem's missing samples (all modes in one engine run), graded, as soon
     as the last of them ends. Sample j of a problem draws from the problem's own seed (see
     `problem_seed`), so a resumed run writes the same samples as an uninterrupted one."""
@@ -191,7 +210,7 @@ def _stream_problems(model, tokenizer, todo, seed, settings, options):
     generated: dict[int, dict[int, Generation]] = {i: {} for i in range(len(todo))}
     samples = stream(
         model, tokenizer, [problem.question for _, problem, _ in todo], [m for m, _, _ in todo],
-        settings.replace(seed=tuple(seeds)), options=options,
+        settings.replace(seed=tuple(seeds)), options=options, chat=chat, system=system,
         samples=[missing for _, _, missing in todo],
     )  # fmt: skip
     for i, j, g in samples:
@@ -203,7 +222,9 @@ def _stream_problems(model, tokenizer, todo, seed, settings, options):
             yield _graded(mode, [(problem, j, seeds[i], got[j]) for j in missing])
 
 
-def _sample_problems(model, tokenizer, chunk, seed, settings, options, generate_fn) -> list[dict]:
+def _sample_problems(
+    model, tokenizer, chunk, seed, settings, options, generate_fn, chat
+) -> list[dict]:
     """The rows of the missing samples of a few problems under one mode, from one call of
     `generate_fn` (a `jaxthink.generate`-shaped function: the hybrid decode's)."""
     mode = chunk[0][0]
@@ -214,7 +235,7 @@ def _sample_problems(model, tokenizer, chunk, seed, settings, options, generate_
             model, tokenizer, [p.question for p in problems], mode, n=settings.n,
             max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
             top_p=settings.top_p, top_k=settings.top_k, seed=seeds, options=options,
-            slots=settings.slots, progress=None,
+            slots=settings.slots, progress=None, chat=chat,
         )  # fmt: skip
     except ValueError as error:
         ids = ", ".join(repr(p.id) for p in problems)
@@ -338,9 +359,9 @@ def _claim_run(path: Path, settings: dict, info: dict) -> dict:
     if path.exists():
         before = json.loads(path.read_text(encoding="utf-8"))
         changed = [
-            f"{key}={before.get(key)!r} (now {settings[key]!r})"
+            f"{key}={before.get(key, SETTING_DEFAULTS.get(key))!r} (now {settings[key]!r})"
             for key in SAMPLE_SETTINGS
-            if before.get(key) != settings[key]
+            if before.get(key, SETTING_DEFAULTS.get(key)) != settings[key]
         ]
         if changed:
             raise ValueError(

@@ -76,13 +76,13 @@ def generate_fn(base_model, base_tokenizer, steering, coefficients, ablation):
     from jaxthink.decode.hybrid import hybrid_generate
 
     def generate(model, tokenizer, prompts, mode, *, n=1, max_new_tokens=512, temperature=0.0,
-                 seed=0, slots=None, progress=None, **_):  # fmt: skip
+                 seed=0, slots=None, progress=None, chat=True, **_):  # fmt: skip
         if n != 1 or temperature != 0:
             raise ValueError("hybrid decoding is greedy: n must be 1 and temperature 0")
         return hybrid_generate(
             model, base_model, tokenizer, prompts, steering, base_tokenizer=base_tokenizer,
             coefficients=coefficients, ablation=ablation, max_new_tokens=max_new_tokens,
-            seed=seed, slots=slots, progress=progress,
+            seed=seed, slots=slots, progress=progress, chat=chat,
         )  # fmt: skip
 
     return generate
@@ -109,7 +109,7 @@ def run_cli(command, generate, model, tokenizer, prompts: list[str]) -> None:
     t0 = time.perf_counter()
     results = generate(
         model, tokenizer, prompts, "hybrid", max_new_tokens=settings.max_new_tokens,
-        seed=settings.seed, slots=settings.slots,
+        seed=settings.seed, slots=settings.slots, chat=not command.raw,
     )  # fmt: skip
     for g in results:
         if command.json:

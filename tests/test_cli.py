@@ -99,6 +99,8 @@ def test_each_bench_parses_its_own_flags():
         (["--steering", "s.npz"], "python -m infer: error: --steering: only for --mode hybrid"),
         (["bench", "--shape", "huge"], "python -m infer bench: error: argument --shape: invalid choice"),
         (["bench-slots", "--bogus"], "python -m infer bench-slots: error: unrecognized arguments"),
+        (["--raw", "--system", "Be brief."], "python -m infer: error: --system goes into the chat"),
+        (["--prompt", " "], "python -m infer: error: --prompt: an empty prompt"),
     ],
 )  # fmt: skip
 def test_argument_errors_are_one_line_and_a_hint(capsys, argv, error):
@@ -280,3 +282,45 @@ def test_train_overrides_may_come_before_and_after_the_flags(capsys):
     assert "unrecognized arguments: a=1" in refused(
         capsys, ["plot", "r", "--out", "x", "a=1"], train_main
     )
+
+
+def test_raw_and_system_reach_the_prompt(capsys):
+    command = cli.parse_args(["--raw", "--prompt", "Q: 12+9\nA:"])
+    assert command.raw and command.system is None
+    assert cli.parse_args(["--system", "Be brief."]).system == "Be brief."
+    cli.main(["--raw", "--prompt", "Q: 12+9\nA:", "--max-new-tokens", "4", "--json"])
+    (raw,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    cli.main(["--prompt", "12+9", "--max-new-tokens", "4", "--json", "--mode", "think"])
+    (templated,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert raw["prompt_ids"] == templated["prompt_ids"]  # the text the template would write
+    cli.main(["--system", "Be brief.", "--prompt", "12+9", "--max-new-tokens", "4", "--json"])
+    (system,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(system["prompt_ids"]) == len(templated["prompt_ids"]) + len("Be brief.\n")
+
+
+def test_a_stdin_of_empty_lines_is_refused(capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n  \n"))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--max-new-tokens", "4"])
+    assert "stdin held only empty lines" in str(exit_.value.code)
+
+
+def test_n_samples_are_numbered_and_end_with_the_majority_answer(capsys):
+    cli.main(["--prompt", "23*47", "--n", "3", "--temperature", "0.6", "--seed", "1"])
+    out = capsys.readouterr().out
+    assert [f"Q sample {j}/3: 23*47" in out for j in (1, 2, 3)] == [True] * 3
+    line = re.search(r"majority answer: (\S+) \((\d) of 3 samples agree\)", out)
+    assert line and 1 <= int(line[2]) <= 3
+
+
+def test_an_evaluation_records_how_prompts_were_written(tmp_path):
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"question": "12+9", "answer": "21"}) + "\n")
+    out = tmp_path / "eval"
+    run = ["--data", str(data), "--out", str(out), "--max-new-tokens", "8", "--json"]
+    cli.main([*run, "--system", "Be brief."])
+    recorded = json.loads((out / "run.json").read_text())
+    assert (recorded["chat"], recorded["system"]) == (True, "Be brief.")
+    with pytest.raises(SystemExit) as exit_:  # another prompt format: not the same run
+        cli.main([*run, "--raw"])
+    assert "system='Be brief.' (now None)" in str(exit_.value.code)

@@ -101,7 +101,7 @@ def test_a_free_text_prompt_is_read_as_the_task_question(capsys):
 
     main(["--prompt", "What is 4821 + 967?", "--json", "--mode", "think"])
     (row,) = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    assert (row["prompt"], row["answer"]) == ("4821+967", "\\boxed{5788}")
+    assert (row["prompt"], row["answer"]) == ("What is 4821 + 967?", "\\boxed{5788}")
 
 
 def test_free_text_reads_as_the_task_question_on_every_path(demo, tmp_path):
