@@ -9,6 +9,7 @@ thinking always earns the truncation reward -1. The reward is easy to move hones
 must learn to choose `<short>`, which it does within 10 DeGRPO steps.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ from jaxthink.training.configfile import load_config
 from jaxthink.training.metrics import read_metrics
 from jaxthink.training.rl import RLSetup, batch_logprobs, train_rl, training_arrays
 from jaxthink.training.rollout import collect, rollout_metrics
-from jaxthink.training.run import TrainingStopped, commit
+from jaxthink.training.run import Interrupted, TrainingStopped, commit
 from jaxthink.training.sft import train_sft
 
 REPO = Path(__file__).parent.parent
@@ -161,6 +162,47 @@ def test_killed_run_resumes_to_the_same_parameters(sft_run, tmp_path):
     same_weights(run_dir / "hf", sft_run / "hf")
     steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")]
     assert steps == list(range(1, SFT_STEPS + 1))
+
+
+def test_ctrl_c_saves_the_last_step_and_the_rerun_resumes_from_it(sft_run, data, tmp_path):
+    """Ctrl-C at step 60 (between the checkpoints at 50 and 100): step 60 is saved, the message
+    says so, and the same command finishes with the uninterrupted run's weights."""
+    run_dir = tmp_path / "ctrl_c"
+    cfg = load_config(SFTConfig, None, [*SFT_OVERRIDES, f"data.path={data}", f"run_dir={run_dir}"])
+
+    def ctrl_c_at_60(line):
+        if line.startswith("step 60 "):
+            raise KeyboardInterrupt
+
+    short = dataclasses.replace(cfg, log_every=10)  # a line at step 60; logging may change
+    with pytest.raises(Interrupted, match="interrupted at step 60; step 60 is saved: rerun"):
+        train_sft(short, log=ctrl_c_at_60)
+    assert _checkpoints(run_dir) == [50, 60]
+    lines = []
+    train_sft(cfg, log=lines.append)
+    assert lines[0] == f"resumed from {run_dir.absolute() / 'checkpoints' / '60'}"
+    same_weights(run_dir / "hf", sft_run / "hf")
+
+
+def test_ctrl_c_in_the_train_command_is_one_line_and_status_130(monkeypatch, capsys):
+    import train.__main__ as train_main
+
+    def interrupted(args):
+        raise Interrupted(
+            "interrupted at step 7; step 7 is saved: rerun the same command to resume"
+        )
+
+    monkeypatch.setattr(train_main, "run", interrupted)
+    monkeypatch.setattr(
+        train_main.os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code))
+    )
+    with pytest.raises(SystemExit) as exit_:
+        train_main.main(["sft", "data.levels=[1]"])
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err == (
+        "python -m train sft: interrupted at step 7; step 7 is saved: rerun the same command to "
+        "resume\n"
+    )
 
 
 def test_non_finite_update_stops_with_the_last_checkpoint_intact(sft_run, tmp_path):

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from train import bench
 
@@ -120,13 +122,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(build_parser(), argv)
     if args.command == "bench":  # parsed again by train/bench.py, which resolves its defaults
         return bench.main(argv[argv.index("bench") + 1 :])
-    from jaxthink.training.run import TrainingStopped
+    from jaxthink.training.run import Interrupted, TrainingStopped
 
     try:
         if args.command == "plot":
             plot(args)
         else:
             run(args)
+    except Interrupted as e:  # Ctrl-C in the step loop: what was kept was saved
+        exit_interrupted(f"python -m train {args.command}: {e}")
+    except KeyboardInterrupt:
+        exit_interrupted(
+            f"python -m train {args.command}: interrupted; rerun the same command to resume"
+        )
     except TrainingStopped as e:
         print(f"python -m train {args.command}: stopped: {e}", file=sys.stderr)
         sys.exit(1)
@@ -153,3 +161,12 @@ def plot(args) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def exit_interrupted(message: str) -> NoReturn:
+    """One line and exit status 130, at once: tearing the interpreter down after an interrupt
+    inside a running XLA computation can crash it, and everything the run keeps is saved."""
+    print(message, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)

@@ -24,6 +24,7 @@ import yaml
 from jaxthink import distributed
 from jaxthink.training.checkpoint import Checkpointer, export_model, run_path
 from jaxthink.training.configfile import to_dict
+from jaxthink.training.metrics import console_line
 
 
 class TrainingStopped(RuntimeError):
@@ -32,6 +33,10 @@ class TrainingStopped(RuntimeError):
 
 class RunChanged(ValueError):
     """A rerun into a run directory whose settings or start checkpoint differ from its own."""
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C during a run; the message says what was kept and how to resume."""
 
 
 # Settings a resumed run may change: where and how often it saves and logs, and how it is laid
@@ -74,42 +79,56 @@ def start_run(cfg, log=print):
 
 
 def prepare_run_dir(cfg):
-    """Creates run_dir, refuses to clobber an old run when resume is off, and to continue one
-    whose settings or start checkpoint changed unless `cfg.on_change` is "resume" (continue
-    with the new settings) or "restart" (its checkpoints removed); saves the config and the start
-    checkpoint's fingerprint. Returns (run_dir as an etils.epath.Path, checkpointer)."""
+    """`claim_run_dir` for a run that saves orbax checkpoints in run_dir/checkpoints. Returns
+    (run_dir as an etils.epath.Path, checkpointer)."""
     run_dir = run_path(cfg.run_dir)
     ckpt = Checkpointer(run_dir / "checkpoints", cfg.save_every, cfg.keep_checkpoints)
     latest = ckpt.latest_step()
+    held = None if latest is None else f"checkpoints (latest step {latest})"
+    if claim_run_dir(cfg, held, ["checkpoints", "metrics.jsonl"]):
+        ckpt = Checkpointer(run_dir / "checkpoints", cfg.save_every, cfg.keep_checkpoints)
+    return run_dir, ckpt
+
+
+def claim_run_dir(cfg, held: str | None, outputs: list[str]) -> bool:
+    """Every run's start in its directory, `cfg.run_dir`. `held` says what an earlier run left
+    there (None: nothing), `outputs` are its files and folders. Refuses to continue it when
+    `cfg.resume` is off, and when its settings or start checkpoint changed unless
+    `cfg.on_change` is "resume" (continue with the new settings) or "restart" (its outputs
+    removed); then records the config (config.yaml) and the start checkpoint's fingerprint
+    (start.json). Returns whether the run starts over."""
+    run_dir = run_path(cfg.run_dir)
     on_change = getattr(cfg, "on_change", "refuse")
     if on_change not in ON_CHANGE:
         raise ValueError(f"on_change={on_change!r}; accepted: {', '.join(ON_CHANGE)}")
     start = start_fingerprint(cfg)
-    if latest is not None and not cfg.resume:
+    restart = False
+    if held is not None and not cfg.resume:
         raise FileExistsError(
-            f"{run_dir} already holds checkpoints (latest step {latest}); "
+            f"{run_dir} already holds {held}; "
             "pass resume=true to continue that run, or choose another run_dir"
         )
-    if latest is not None and (changes := changed_settings(run_dir, cfg, start)):
+    if held is not None and (changes := changed_settings(run_dir, cfg, start)):
         if on_change == "refuse":
             raise RunChanged(
-                f"{run_dir} holds a run (latest step {latest}) started with other settings: "
+                f"{run_dir} holds a run ({held}) started with other settings: "
                 + "; ".join(changes)
                 + ". Rerun with its settings (its config.yaml), choose another run_dir, or pass "
                 "on_change=resume (continue with these settings) or on_change=restart (start "
-                "over, removing its checkpoints)"
+                "over, removing what it wrote)"
             )
-        if on_change == "restart" and distributed.is_main():
-            ckpt.wait()
-            (run_dir / "checkpoints").rmtree()
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        if on_change == "restart":
-            ckpt = Checkpointer(run_dir / "checkpoints", cfg.save_every, cfg.keep_checkpoints)
+        restart = on_change == "restart"
     if distributed.is_main():
+        for name in outputs if restart else ():
+            path = run_dir / name
+            if path.is_dir():
+                path.rmtree()
+            elif path.exists():
+                path.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         (run_dir / "start.json").write_text(json.dumps(start, indent=1) + "\n")
-    return run_dir, ckpt
+    return restart
 
 
 def start_checkpoint(cfg) -> str:
@@ -195,6 +214,33 @@ def restore_latest(ckpt: Checkpointer, state: TrainState, data_iter, log=print) 
 
 def save(ckpt: Checkpointer, state: TrainState, data_iter, *, force: bool = False) -> bool:
     return ckpt.save(state.step, state.tree(), data_iter.get_state(), force=force)
+
+
+def train_steps(cfg, ckpt, state: TrainState, data_iter, one_step, metrics_log, log, keys):
+    """The loop every step-wise run shares: `one_step(state)` -> (next state, metrics record)
+    until `cfg.steps`, then save (every `save_every`), record, and log every `log_every`.
+
+    Ctrl-C saves the last finished step (unless its arrays were already handed to the next
+    step, which donates them: then the last checkpoint stands) and raises `Interrupted`, whose
+    message says where the run resumes."""
+    try:
+        while state.step < cfg.steps:
+            state, record = one_step(state)
+            save(ckpt, state, data_iter)
+            metrics_log.write(record)
+            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                log(console_line(record, keys))
+    except KeyboardInterrupt:
+        alive = not any(x.is_deleted() for x in jax.tree.leaves(state.tree()))
+        if alive and state.step > (ckpt.latest_step() or 0):
+            save(ckpt, state, data_iter, force=True)
+        ckpt.wait()
+        kept = ckpt.latest_step()
+        where = f"step {kept} is saved" if kept is not None else "no step was saved yet"
+        raise Interrupted(
+            f"interrupted at step {state.step}; {where}: rerun the same command to resume"
+        ) from None
+    return state
 
 
 def check_finite(metrics: dict, step: int, ckpt: Checkpointer) -> None:

@@ -28,7 +28,7 @@ from jaxthink.training import run as runlib
 from jaxthink.training.config import OptimConfig, SFTConfig
 from jaxthink.training.logprobs import token_logprobs
 from jaxthink.training.mesh import Layout, run_mesh
-from jaxthink.training.metrics import MetricsLog, console_line
+from jaxthink.training.metrics import MetricsLog
 from jaxthink.training.model_setup import build_model
 from jaxthink.training.optim import apply_gradients, learning_rate, make_optimizer
 from jaxthink.training.records import read_records
@@ -118,7 +118,8 @@ def train_sft(cfg: SFTConfig, log=print) -> runlib.TrainState:
         metrics_log = MetricsLog(
             run_dir / "metrics.jsonl", resume_step=state.step, enabled=distributed.is_main()
         )
-        while state.step < cfg.steps:
+
+        def one_step(state: runlib.TrainState):
             t0 = time.perf_counter()
             batch = next(data_iter)  # this process's rows of the global batch
             t_data = time.perf_counter() - t0
@@ -128,7 +129,7 @@ def train_sft(cfg: SFTConfig, log=print) -> runlib.TrainState:
             runlib.check_finite(metrics, state.step + 1, ckpt)
             state = runlib.TrainState(state.step + 1, params, opt_state, state.rng)
             seconds = time.perf_counter() - t0
-            record = {
+            return state, {
                 "step": state.step,
                 **{k: float(v) for k, v in metrics.items() if k != "finite"},
                 "lr": float(lr(state.step - 1)),
@@ -137,9 +138,9 @@ def train_sft(cfg: SFTConfig, log=print) -> runlib.TrainState:
                 "seconds_step": seconds,
                 "tokens_per_s": cfg.batch_size * cfg.seq_len / seconds,
             }
-            metrics_log.write(record)
-            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-                log(console_line(record, CONSOLE_KEYS))
-            runlib.save(ckpt, state, data_iter)
+
+        state = runlib.train_steps(
+            cfg, ckpt, state, data_iter, one_step, metrics_log, log, CONSOLE_KEYS
+        )
         runlib.finish(cfg, ckpt, state, data_iter, graphdef, tokenizer, log)
     return state
