@@ -54,7 +54,7 @@ class SAEConfig:
         training rows' mean, which helps on data that were not centred).
     """
 
-    n_latents: int
+    n_latents: int = 0  # 0 in a run config: each SAE of its grid sets it
     k: int = 3
     batch_size: int = 512
     max_epochs: int = 300
@@ -66,9 +66,9 @@ class SAEConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.n_latents < 1:
+        if self.n_latents < 0:
             raise ValueError(f"n_latents must be >= 1, got {self.n_latents}")
-        if not 1 <= self.k <= self.n_latents:
+        if self.n_latents and not 1 <= self.k <= self.n_latents:
             raise ValueError(f"k must be in [1, n_latents={self.n_latents}], got {self.k}")
         if self.batch_size < 2:
             raise ValueError(
@@ -187,6 +187,8 @@ def train_sae(x, n_latents: int, k: int = 3, *, seed: int = 0, **options) -> tup
     "val_loss", "best_epoch", "best_loss", "epochs", "stopped_early", "lr", "n_train", "n_val"
     and the "config" used.
     """
+    if n_latents < 1:
+        raise ValueError(f"n_latents must be >= 1, got {n_latents}")
     config = SAEConfig(n_latents=n_latents, k=k, seed=seed, **options)
     x = np.asarray(x, np.float32)
     if x.ndim != 2:

@@ -107,34 +107,46 @@ class DataSource:
             raise ValueError("give data.path (a JSONL/Parquet file) or data.levels (synthetic)")
 
 
-@dataclasses.dataclass(frozen=True)
-class RunFields:
-    """What every run has: length, directory, checkpoint cadence, logging, memory, devices and
-    hosts.
+ON_CHANGE = ("refuse", "resume", "restart")
 
-    `run_dir` may be a local directory or a gs:// path (checkpoints, logs and the export go
-    there; gs:// needs `gcsfs` installed).
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """Where a run writes, and what a rerun into the same directory does (every run has these:
+    sft, rl, sae and steer).
+
+    `run_dir` may be a local directory or a gs:// path (gs:// needs `gcsfs` installed).
     """
 
-    steps: int = 1000  # optimizer steps (SFT) or on-policy rounds (RL)
     run_dir: str = "runs/train"
+    resume: bool = True  # continue the run in run_dir, if there is one
+    # a rerun whose settings or start checkpoint differ from the run's: "refuse", "resume"
+    # (continue with the new settings) or "restart" (start over, what it wrote removed)
+    on_change: str = "refuse"
+
+    def __post_init__(self):
+        if self.on_change not in ON_CHANGE:
+            raise ValueError(f"on_change={self.on_change!r}; accepted: {', '.join(ON_CHANGE)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFields(RunDir):
+    """What every training run has besides its directory: length, checkpoint cadence, logging,
+    memory, devices and hosts (checkpoints, logs and the export go into run_dir)."""
+
+    steps: int = 1000  # optimizer steps (SFT) or on-policy rounds (RL)
     seed: int = 0  # the run's PRNG (RL rollouts, mini-batch order); data order is data.seed
     save_every: int = 500
     keep_checkpoints: int = 3
     log_every: int = 10
-    resume: bool = True  # continue from the latest checkpoint in run_dir, if there is one
-    # a rerun whose settings or start checkpoint differ from the run's: "refuse", "resume"
-    # (continue with the new settings) or "restart" (start over, its checkpoints removed)
-    on_change: str = "refuse"
     export: bool = True  # write the final model as a Hugging Face directory, run_dir/hf
     mesh: MeshConfig = dataclasses.field(default_factory=lambda: MeshConfig(1, 1, 1))
     remat: bool = False  # recompute each block in the backward pass: memory for long rows
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
     def __post_init__(self):
+        super().__post_init__()
         _positive(self, "steps", "save_every", "keep_checkpoints", "log_every")
-        if self.on_change not in ("refuse", "resume", "restart"):
-            raise ValueError(f"on_change={self.on_change!r}; accepted: refuse, resume, restart")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,7 +46,6 @@ RESUMABLE_CHANGES = {
     "run_dir", "resume", "on_change", "save_every", "keep_checkpoints", "log_every", "export",
     "mesh", "distributed", "remat",
 }  # fmt: skip
-ON_CHANGE = ("refuse", "resume", "restart")
 
 
 @dataclasses.dataclass
@@ -98,9 +97,7 @@ def claim_run_dir(cfg, held: str | None, outputs: list[str]) -> bool:
     removed); then records the config (config.yaml) and the start checkpoint's fingerprint
     (start.json). Returns whether the run starts over."""
     run_dir = run_path(cfg.run_dir)
-    on_change = getattr(cfg, "on_change", "refuse")
-    if on_change not in ON_CHANGE:
-        raise ValueError(f"on_change={on_change!r}; accepted: {', '.join(ON_CHANGE)}")
+    on_change = cfg.on_change
     start = start_fingerprint(cfg)
     restart = False
     if held is not None and not cfg.resume:

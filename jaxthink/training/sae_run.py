@@ -10,6 +10,9 @@ A traces file is JSONL with the question (`question`, else `prompt`) and the rea
 (`thinking`, else `think`, as the arithmetic records hold it). Prompts are formatted with the
 thinking model's chat template and the opening of its thinking block, as the hybrid decode does.
 The SAE file keeps its centring mean and layer, which the steering stage and the hybrid read.
+
+A rerun into the same run_dir (the same settings) keeps its traces and every SAE of the grid
+already trained, and trains the rest.
 """
 
 from __future__ import annotations
@@ -20,9 +23,24 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxthink.steer.sae import DEFAULT_LATENTS
+import jaxthink
+from jaxthink.decode.hybrid import thinking_opening
+from jaxthink.steer.activations import (
+    Trace,
+    sentence_activations,
+    sentences_within,
+    trace_sentences,
+)
+from jaxthink.steer.sae import DEFAULT_LATENTS, SAEConfig, save_sae, train_sae
+from jaxthink.steer.sentences import center_and_normalize
+from jaxthink.steer.taxonomy import taxonomy_report, write_report
+from jaxthink.tokenizer import format_prompt
+from jaxthink.training.config import DataSource, RunDir
+from jaxthink.training.records import question_of, read_records
+from jaxthink.training.run import claim_run_dir
 
 DEFAULT_TRACE_TOKENS = 1000  # the paper reads up to 1000 tokens of each trace
+OUTPUTS = ["traces.jsonl", "sentences.jsonl", "summary.json", "summary.md"]  # and layer*/
 GRID_HEADER = (
     "| layer | latents | val loss | reconstruction loss | mean abs cos | max abs cos | dead "
     "| largest cluster | epochs |",
@@ -31,36 +49,32 @@ GRID_HEADER = (
 
 
 @dataclasses.dataclass(frozen=True)
-class SAERunConfig:
-    """The SAE stage: which traces, which layers and latent counts, how to train."""
+class SAERunConfig(RunDir):
+    """The SAE stage: which traces (`traces`, else generated for the questions of `data`), which
+    layers and latent counts, and how each SAE trains (`sae`: its `n_latents` comes from
+    `latents`)."""
 
+    run_dir: str = "runs/sae"
     model: str = ""  # the thinking model's checkpoint directory
-    traces: str = ""  # a JSONL traces file; empty: generate them from `data`
-    data_path: str = ""  # questions (JSONL/Parquet) to generate traces for; empty: arithmetic
-    levels: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
-    count: int = 200  # questions to generate traces for
+    traces: str = ""  # a JSONL traces file; empty: generate them for `data`'s questions
+    data: DataSource = DataSource(levels=(1, 2, 3, 4, 5, 6), count=200)
     max_new_tokens: int = DEFAULT_TRACE_TOKENS
     max_trace_tokens: int = DEFAULT_TRACE_TOKENS  # sentences past this token are left out
     batch_size: int = 32
     layers: tuple[int, ...] = ()
     latents: tuple[int, ...] = DEFAULT_LATENTS
-    k: int = 3
     min_words: int = 3  # shorter sentences are dropped (the arithmetic demo needs 1)
-    sae_batch_size: int = 512
-    max_epochs: int = 300
-    patience: int = 10
-    val_fraction: float = 0.1
-    seed: int = 0
-    run_dir: str = "runs/sae"
+    sae: SAEConfig = SAEConfig()
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.model:
             raise ValueError("model: give the thinking model's checkpoint directory")
         if not self.layers:
             raise ValueError("layers: give the blocks to read, e.g. layers=[2] or layers=1,2,3")
-        if not self.latents or min(self.latents) < self.k:
-            raise ValueError(f"latents {self.latents}: each must be at least k={self.k}")
-        for name in ("count", "max_new_tokens", "max_trace_tokens", "batch_size", "min_words"):
+        if not self.latents or min(self.latents) < self.sae.k:
+            raise ValueError(f"latents {self.latents}: each must be at least sae.k={self.sae.k}")
+        for name in ("max_new_tokens", "max_trace_tokens", "batch_size", "min_words"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -77,9 +91,6 @@ def run_dir_files(run_dir, layer: int, n: int) -> dict[str, Path]:
 
 def read_traces(path, tokenizer):
     """Traces from a JSONL file, prompts formatted for `tokenizer` (see the module doc)."""
-    from jaxthink.decode.hybrid import thinking_opening
-    from jaxthink.steer.activations import Trace
-    from jaxthink.tokenizer import format_prompt
 
     path = Path(path)
     if not path.is_file():
@@ -107,15 +118,8 @@ def read_traces(path, tokenizer):
 
 def generate_traces(cfg: SAERunConfig, model, tokenizer, log=print):
     """Greedy thinking traces of the config's questions (mode think)."""
-    import jaxthink
-    from jaxthink.decode.hybrid import thinking_opening
-    from jaxthink.steer.activations import Trace
-    from jaxthink.tokenizer import format_prompt
-    from jaxthink.training.config import DataSource
-    from jaxthink.training.records import question_of, read_records
 
-    source = DataSource(path=cfg.data_path, levels=cfg.levels, count=cfg.count, seed=cfg.seed)
-    questions = [question_of(r) for r in read_records(source)][: cfg.count]
+    questions = [question_of(r) for r in read_records(cfg.data)][: cfg.data.count]
     log(f"generating {len(questions)} thinking traces (greedy, up to {cfg.max_new_tokens} tokens)")
     out = jaxthink.generate(
         model, tokenizer, questions, "think", max_new_tokens=cfg.max_new_tokens,
@@ -127,27 +131,27 @@ def generate_traces(cfg: SAERunConfig, model, tokenizer, log=print):
 
 def train_sae_run(cfg: SAERunConfig, log=print) -> dict:
     """Runs the stage; returns the grid summary (also written as summary.json / summary.md)."""
-    import jaxthink
-    from jaxthink.steer.activations import sentence_activations, sentences_within, trace_sentences
-    from jaxthink.steer.sae import save_sae, train_sae
-    from jaxthink.steer.sentences import center_and_normalize
-    from jaxthink.steer.taxonomy import taxonomy_report, write_report
 
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    kept = run_dir / "traces.jsonl"
+    held = "its traces" if kept.is_file() else None
+    if claim_run_dir(cfg, held, OUTPUTS):
+        held = None
     model, tokenizer, model_cfg = jaxthink.load(cfg.model)
     for layer in cfg.layers:
         if not 0 <= layer < model_cfg.num_layers:
             raise ValueError(
                 f"layers: {layer} is not a block of the model (0..{model_cfg.num_layers - 1})"
             )
-    traces = (
-        read_traces(cfg.traces, tokenizer)
-        if cfg.traces
-        else generate_traces(cfg, model, tokenizer, log)
-    )
-    _write_jsonl(run_dir / "traces.jsonl", [dataclasses.asdict(t) for t in traces])
+    if held:
+        traces = [Trace(**row) for row in _read_jsonl(kept)]
+        log(f"resumed: {len(traces)} traces from {kept}")
+    elif cfg.traces:
+        traces = read_traces(cfg.traces, tokenizer)
+    else:
+        traces = generate_traces(cfg, model, tokenizer, log)
+    if not held:
+        _write_jsonl(kept, [dataclasses.asdict(t) for t in traces])
     sentences = trace_sentences(traces, cfg.min_words)
     sentences = sentences_within(tokenizer, traces, sentences, cfg.max_trace_tokens)
     if len(sentences) < 4:
@@ -170,16 +174,22 @@ def train_sae_run(cfg: SAERunConfig, log=print) -> dict:
         files["vectors"].parent.mkdir(parents=True, exist_ok=True)
         np.savez(files["vectors"], x=x, mean=mean, raw=raw[layer])
         for n in cfg.latents:
-            params, history = train_sae(
-                x, n, cfg.k, seed=cfg.seed, batch_size=cfg.sae_batch_size,
-                max_epochs=cfg.max_epochs, patience=cfg.patience, val_fraction=cfg.val_fraction,
-            )  # fmt: skip
             files = run_dir_files(run_dir, layer, n)
-            meta = {"layer": layer, "n_latents": n, "k": cfg.k, "model": cfg.model,
-                    "best_loss": history["best_loss"], "epochs": history["epochs"]}  # fmt: skip
-            save_sae(files["sae"], params, mean=mean, meta=meta)
-            report = taxonomy_report(params, x, [s.text for s in sentences], k=cfg.k, meta=meta)
-            write_report(report, files["taxonomy"], "taxonomy")
+            done = files["taxonomy"] / "taxonomy.json"
+            if files["sae"].is_file() and done.is_file():  # trained by an earlier run
+                report = json.loads(done.read_text())
+                meta = report["meta"]
+                history = {"best_loss": meta["best_loss"], "epochs": meta["epochs"]}
+            else:
+                options = dataclasses.asdict(cfg.sae)
+                del options["n_latents"], options["k"], options["seed"]
+                params, history = train_sae(x, n, cfg.sae.k, seed=cfg.sae.seed, **options)
+                meta = {"layer": layer, "n_latents": n, "k": cfg.sae.k, "model": cfg.model,
+                        "best_loss": history["best_loss"], "epochs": history["epochs"]}  # fmt: skip
+                save_sae(files["sae"], params, mean=mean, meta=meta)
+                texts = [s.text for s in sentences]
+                report = taxonomy_report(params, x, texts, k=cfg.sae.k, meta=meta)
+                write_report(report, files["taxonomy"], "taxonomy")
             row = {
                 "layer": layer,
                 "n_latents": n,
@@ -217,6 +227,10 @@ def _summary_markdown(summary: dict) -> str:
     ]
     lines += [_row_line(r) for r in summary["grid"]]
     return "\n".join(lines) + "\n"
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -8,7 +8,9 @@
     run_dir/steering.npz (vectors, their layer and norms, and the SAE that picks them)
     + run_dir/report.json (per vector: examples, losses before and after, norm, epochs)
 
-The steering file is what `python -m infer --mode hybrid --steering FILE` reads.
+The steering file is what `python -m infer --mode hybrid --steering FILE` reads. A rerun into the
+same run_dir (the same settings) keeps the vectors already trained (run_dir/progress.npz) and
+trains the rest.
 """
 
 from __future__ import annotations
@@ -19,13 +21,37 @@ from pathlib import Path
 
 import numpy as np
 
+import jaxthink
+from jaxthink.decode.hybrid import thinking_opening
+from jaxthink.steer.activations import (
+    Trace,
+    TraceSentence,
+    sentence_activations,
+    tokenize_trace,
+)
+from jaxthink.steer.sae import assign_clusters, load_sae
+from jaxthink.steer.train_vectors import (
+    VectorTraining,
+    example,
+    hardest,
+    mean_difference,
+    train_vector,
+)
+from jaxthink.steer.vectors import SteeringVectors, save_steering
+from jaxthink.tokenizer import format_prompt
+from jaxthink.training.config import RunDir
+from jaxthink.training.run import claim_run_dir
+from jaxthink.training.sae_run import run_dir_files
+
 METHODS = ("optimized", "mean_diff")
+OUTPUTS = ["progress.npz", "progress.json", "steering.npz", "report.json"]
 
 
 @dataclasses.dataclass(frozen=True)
-class SteerRunConfig:
-    """The steering stage; optimisation defaults are the paper's (VectorTraining)."""
+class SteerRunConfig(RunDir):
+    """The steering stage; `training` is how each vector is optimised (the paper's defaults)."""
 
+    run_dir: str = "runs/steer"
     model: str = ""  # the base model's checkpoint directory
     sae_run: str = ""  # run_dir of `python -m train sae`
     sae_layer: int = -1  # which SAE of that run: its layer ...
@@ -34,17 +60,10 @@ class SteerRunConfig:
     method: str = "optimized"
     max_examples: int = 2048  # per cluster: the highest-perplexity sentences
     bias_examples: int = 2048  # whole traces for the bias vector
-    lr: float = 1e-2
-    max_epochs: int = 50
-    patience: int = 5
-    batch_size: int = 16
-    logit_scale: float = 0.7
-    val_fraction: float = 0.1
-    max_len: int = 1024
-    seed: int = 0
-    run_dir: str = "runs/steer"
+    training: VectorTraining = VectorTraining()
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.model or not self.sae_run:
             raise ValueError("model and sae_run: give the base checkpoint and the SAE run_dir")
         if self.sae_layer < 0 or self.latents < 1 or self.layer < 0:
@@ -58,21 +77,9 @@ class SteerRunConfig:
         if self.max_examples < 1 or self.bias_examples < 1:
             raise ValueError("max_examples and bias_examples must be positive")
 
-    def training(self):
-        from jaxthink.steer.train_vectors import VectorTraining
-
-        return VectorTraining(
-            lr=self.lr, max_epochs=self.max_epochs, patience=self.patience,
-            batch_size=self.batch_size, logit_scale=self.logit_scale,
-            val_fraction=self.val_fraction, max_len=self.max_len, seed=self.seed,
-        )  # fmt: skip
-
 
 def load_sae_run(cfg: SteerRunConfig):
     """(trace records, sentences, SAE params, centring mean, clusters) of the chosen SAE."""
-    from jaxthink.steer.activations import TraceSentence
-    from jaxthink.steer.sae import assign_clusters, load_sae
-    from jaxthink.training.sae_run import run_dir_files
 
     run = Path(cfg.sae_run)
     files = run_dir_files(run, cfg.sae_layer, cfg.latents)
@@ -93,16 +100,11 @@ def load_sae_run(cfg: SteerRunConfig):
 
 def train_steer_run(cfg: SteerRunConfig, log=print):
     """Runs the stage; returns the `SteeringVectors` (also written to run_dir/steering.npz)."""
-    import jaxthink
-    from jaxthink.decode.hybrid import thinking_opening
-    from jaxthink.steer.activations import Trace, sentence_activations, tokenize_trace
-    from jaxthink.steer.train_vectors import example, hardest, mean_difference, train_vector
-    from jaxthink.steer.vectors import SteeringVectors, save_steering
-    from jaxthink.tokenizer import format_prompt
-
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    progress = Progress(run_dir)
+    held = "trained vectors" if progress.report["vectors"] or "bias" in progress.report else None
+    if claim_run_dir(cfg, held, OUTPUTS):
+        progress = Progress(run_dir)
     records, sentences, sae, sae_mean, clusters = load_sae_run(cfg)
     model, tokenizer, model_cfg = jaxthink.load(cfg.model)
     if not 0 <= cfg.layer < model_cfg.num_layers:
@@ -115,7 +117,8 @@ def train_steer_run(cfg: SteerRunConfig, log=print):
         for r in records
     ]
     n = cfg.latents
-    report: dict = {"method": cfg.method, "layer": cfg.layer, "vectors": {}}
+    report = progress.report
+    report.update(method=cfg.method, layer=cfg.layer)
     if cfg.method == "mean_diff":
         raw = sentence_activations(model, tokenizer, traces, sentences, [cfg.layer])[cfg.layer]
         bias, vectors = (
@@ -125,7 +128,7 @@ def train_steer_run(cfg: SteerRunConfig, log=print):
         for k in range(n):
             report["vectors"][str(k)] = {"sentences": int((clusters == k).sum())}
     else:
-        training = cfg.training()
+        training, max_len = cfg.training, cfg.training.max_len
         by_trace: dict[int, list[int]] = {}
         for j, s in enumerate(sentences):
             by_trace.setdefault(s.trace, []).append(j)
@@ -134,19 +137,25 @@ def train_steer_run(cfg: SteerRunConfig, log=print):
         for t, trace in enumerate(traces):
             own = by_trace.get(t, [])
             tok = tokenize_trace(tokenizer, trace, [sentences[j] for j in own])
-            end = min(len(tok.ids), tok.thinking_start + cfg.max_len - 1)  # fits one row
+            end = min(len(tok.ids), tok.thinking_start + max_len - 1)  # fits one row
             if 1 <= tok.thinking_start < end:
-                whole.append(example(tok.ids, tok.thinking_start, end, cfg.max_len))
+                whole.append(example(tok.ids, tok.thinking_start, end, max_len))
             for j, (start, end) in zip(own, tok.spans, strict=True):
-                if start >= 1 and end - start < cfg.max_len:
-                    per_sentence[j] = example(tok.ids, start, end, cfg.max_len)
-        log(f"bias vector: {len(whole)} traces")
-        bias_rows = hardest(model, whole, cfg.bias_examples, training.batch_size)
-        bias, history = train_vector(model, bias_rows, cfg.layer, training)
-        report["bias"] = _entry(history, len(bias_rows))
-        log(_line("bias", report["bias"]))
-        vectors = np.zeros((n, model_cfg.hidden_size), np.float32)
+                if start >= 1 and end - start < max_len:
+                    per_sentence[j] = example(tok.ids, start, end, max_len)
+        bias, vectors = progress.arrays(n, model_cfg.hidden_size)
+        if "bias" in report:
+            log(f"resumed: the bias and {len(report['vectors'])} vectors from {progress.npz}")
+        else:
+            log(f"bias vector: {len(whole)} traces")
+            bias_rows = hardest(model, whole, cfg.bias_examples, training.batch_size)
+            bias, history = train_vector(model, bias_rows, cfg.layer, training)
+            report["bias"] = _entry(history, len(bias_rows))
+            log(_line("bias", report["bias"]))
+            progress.save(bias, vectors)
         for k in range(n):
+            if str(k) in report["vectors"]:
+                continue
             members = [per_sentence[j] for j in np.flatnonzero(clusters == k) if j in per_sentence]
             if not members:
                 report["vectors"][str(k)] = {"examples": 0, "note": "no sentences in this cluster"}
@@ -155,6 +164,7 @@ def train_steer_run(cfg: SteerRunConfig, log=print):
             vectors[k], history = train_vector(model, rows, cfg.layer, training, fixed=bias)
             report["vectors"][str(k)] = _entry(history, len(rows))
             log(_line(f"latent {k}", report["vectors"][str(k)]))
+            progress.save(bias, vectors)
     meta = {"base_model": cfg.model, "sae_run": cfg.sae_run, "n_latents": n,
             "report": str(run_dir / "report.json")}  # fmt: skip
     steering = SteeringVectors(
@@ -167,6 +177,30 @@ def train_steer_run(cfg: SteerRunConfig, log=print):
     log(f"wrote {path}: bias norm {steering.norms['bias']:.2f}, vector norms "
         + ", ".join(f"{x:.2f}" for x in steering.norms["vectors"]))  # fmt: skip
     return steering
+
+
+class Progress:
+    """The optimized method's vectors so far (run_dir/progress.npz) and their report entries
+    (run_dir/progress.json), saved after each vector, so a rerun trains only the rest."""
+
+    def __init__(self, run_dir: Path):
+        self.npz, self.json = run_dir / "progress.npz", run_dir / "progress.json"
+        self.report: dict = {"vectors": {}}
+        if self.json.is_file() and self.npz.is_file():
+            self.report = json.loads(self.json.read_text())
+
+    def arrays(self, n: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """(bias [E], vectors [n, E]) saved so far, zeros where none were."""
+        if not self.npz.is_file():
+            return np.zeros(width, np.float32), np.zeros((n, width), np.float32)
+        with np.load(self.npz) as data:
+            return data["bias"], data["vectors"].copy()
+
+    def save(self, bias: np.ndarray, vectors: np.ndarray) -> None:
+        self.npz.parent.mkdir(parents=True, exist_ok=True)
+        with self.npz.open("wb") as f:
+            np.savez(f, bias=bias, vectors=vectors)
+        self.json.write_text(json.dumps(self.report, indent=2) + "\n")
 
 
 def _entry(history: dict, examples: int) -> dict:
