@@ -1,4 +1,4 @@
-"""`python -m infer --mode hybrid`: a thinking model steering a base model (methods.md section 3).
+"""`python -m infer --mode hybrid`: a thinking model steering a base model (docs/methods.md 3).
 
     python -m infer --mode hybrid --model THINKING_DIR --base-model BASE_DIR \\
         --steering runs/steer/steering.npz --prompt "347*26"

@@ -1,6 +1,6 @@
 """DeGRPO and GRPO losses: the formulas, their gradients, clipping, the KL, and accumulation.
 
-The reference below reads methods.md section 2 literally, one sequence and one token at a time.
+The reference below reads docs/methods.md section 2 literally, one sequence and one token at a time.
 """
 
 import jax

@@ -1,4 +1,4 @@
-"""The top-k sparse autoencoder of methods.md section 3: codes, loss, training, recovery."""
+"""The top-k sparse autoencoder of docs/methods.md section 3: codes, loss, training, recovery."""
 
 import jax
 import jax.numpy as jnp

@@ -66,7 +66,10 @@ def test_an_override_can_name_a_section_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("bogus: 1\n", "unknown config key 'bogus'; valid keys here: run_dir, resume, on_change, steps"),
+        (
+            "bogus: 1\n",
+            "unknown config key 'bogus'; valid keys here: run_dir, resume, on_change, steps",
+        ),
         ("optim:\n  learning_rate: 1\n", "unknown config key 'optim.learning_rate'; valid keys"),
         ("steps: many\n", "steps: expected int, got 'many'"),
         ("resume: maybe\n", "resume: expected a bool"),

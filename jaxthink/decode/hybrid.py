@@ -1,6 +1,6 @@
 """Hybrid decoding: a thinking model decides when and how to steer a base model, token by token.
 
-The published algorithm (methods.md section 3), greedy, for each new token:
+The published algorithm (docs/methods.md section 3), greedy, for each new token:
   1. the thinking model reads the sequence: its residual stream after the SAE's block at the
      last position, centred and normalised, picks the latent k = argmax of the SAE's `pre`; its
      logits give p_think and the thinking model's greedy token;

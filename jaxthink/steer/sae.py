@@ -1,7 +1,7 @@
 """Top-k sparse autoencoder over sentence vectors: the clustering behind the reasoning taxonomy.
 
-Owns the SAE of methods.md section 3 (Venhoff et al. 2025), as pure JAX functions of a parameter
-pytree plus an optax training loop:
+Owns the SAE of docs/methods.md section 3 (Venhoff et al. 2025), as pure JAX functions of a
+parameter pytree plus an optax training loop:
 
     pre   = (x - b_dec) @ W_enc + b_enc                      [N, n]
     codes = pre at its top k entries per row, 0 elsewhere     (no ReLU: kept values may be < 0)

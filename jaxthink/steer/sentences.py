@@ -1,6 +1,6 @@
 """Reasoning traces as sentences, and sentences as vectors: the input side of the taxonomy.
 
-Owns (methods.md section 3, "Taxonomy without supervision"):
+Owns (docs/methods.md section 3, "Taxonomy of reasoning sentences"):
   split_sentences      text -> sentences with character offsets into the text
   token_spans          character spans -> token index spans, from a fast tokenizer's offsets
   sentence_vectors     residual-stream activations [T, E] -> one mean vector per sentence [S, E]

@@ -1,6 +1,6 @@
 """Steering vectors for the base model: the optimised objective, and the difference of means.
 
-Optimised (methods.md section 3). An example is a sentence of a thinking trace in the base
+Optimised (docs/methods.md section 3). An example is a sentence of a thinking trace in the base
 model's tokenization: its row holds the prompt and the trace up to the sentence's end, and the
 "target" positions are [start - 1, end - 1), whose next-token predictions are the sentence's
 tokens. A vector v is added after block L at the target positions only and trained to minimise

@@ -1,7 +1,7 @@
 """The run configs of `python -m train sft|rl`: typed dataclasses with the reference defaults.
 
-SFT defaults follow the Thinkless warm-up (methods.md section 2: AdamW (0.9, 0.95), weight decay
-0.1, clip 1.0, 5% warm-up then cosine to 0.1x); RL defaults follow its DeGRPO run (G = 8,
+SFT defaults follow the Thinkless warm-up (docs/methods.md section 2: AdamW (0.9, 0.95), weight
+decay 0.1, clip 1.0, 5% warm-up then cosine to 0.1x); RL defaults follow its DeGRPO run (G = 8,
 128 prompts and 2 optimizer updates per step, temperature 0.6, constant lr 1e-6, clip 1.0; the
 loss and reward defaults are `LossConfig` and `RewardConfig` themselves). Load them from YAML with
 `load_config(SFTConfig, path, overrides)` (configfile.py).
