@@ -220,24 +220,61 @@ def _levels_in(modes: dict) -> list[str]:
 # Plots
 
 
+MARKERS, LINES = "osD^vPX*", ("-", "--", ":", "-.")
+DODGE = 0.8  # percentage points between curves that would lie on top of each other
+
+
+def curve_styles(curves: dict[str, list[float]]) -> dict[str, dict]:
+    """Per curve (name -> values): its color, marker and line style, each its own, and for a curve
+    equal to an earlier one a small vertical offset and a label that says so, so that
+    coinciding curves stay visible."""
+    styles, firsts = {}, {}
+    for i, (name, values) in enumerate(curves.items()):
+        same = firsts.setdefault(tuple(values), name)
+        copies = sum(1 for k, other in styles.items() if other["same_as"] == same and k != same)
+        offset = round(DODGE * (copies + 1), 2) if same != name else 0.0
+        styles[name] = {
+            "color": f"C{i % 10}",
+            "marker": MARKERS[i % len(MARKERS)],
+            "linestyle": LINES[i % len(LINES)],
+            "offset": offset,
+            "label": f"{name} (= {same}, drawn {offset:+.1f})" if offset else name,
+            "same_as": same,
+        }
+    return styles
+
+
+def _legend_outside(ax, **kw) -> None:
+    """The legend to the right of the axes, never over the data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kw)
+
+
 def plot_pass_at_k(summary: dict, path: str | Path) -> Path:
     """pass@k per mode against k (left) and against the tokens its k samples cost, k x mean
     tokens per sample (right: modes compared at matched token budgets, with the votes over all
     n samples as markers at n x mean tokens); log2 axes from n = 4 on."""
-    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    fig = Figure(figsize=(13, 4.5), layout="constrained")
     by_k, by_tokens = fig.subplots(1, 2)
     n = summary["n"]
-    votes = (("cons_at_n", "s", "majority"), ("confidence_highest", "^", "most confident"))
+    votes = (("cons_at_n", "*", "majority"), ("confidence_highest", "X", "most confident"))
     votes = votes if n > 1 else ()  # a vote over one sample is that sample
-    for i, (mode, metrics) in enumerate(summary["modes"].items()):
-        color = f"C{i % 10}"
+    curves = {
+        mode: [100 * v for v in metrics["pass_at_k"].values()]
+        for mode, metrics in summary["modes"].items()
+    }
+    styles = curve_styles(curves)
+    for mode, metrics in summary["modes"].items():
+        style = styles[mode]
+        line = dict(color=style["color"], marker=style["marker"], linestyle=style["linestyle"])
         ks = [int(k) for k in metrics["pass_at_k"]]
-        values = [100 * v for v in metrics["pass_at_k"].values()]
-        by_k.plot(ks, values, marker="o", markersize=4, color=color, label=mode)
+        values = [v + style["offset"] for v in curves[mode]]
+        by_k.plot(ks, values, markersize=5, label=style["label"], **line)
         tokens = [k * max(metrics["mean_tokens"], 1.0) for k in ks]
-        by_tokens.plot(tokens, values, marker="o", markersize=4, color=color, label=mode)
+        by_tokens.plot(tokens, values, markersize=5, label=style["label"], **line)
         for key, marker, _ in votes:
-            by_tokens.plot(tokens[-1], 100 * metrics[key], marker=marker, color=color, ls="none")
+            vote = 100 * metrics[key] + style["offset"]
+            by_tokens.plot(tokens[-1], vote, marker=marker, markersize=9, color=style["color"],
+                           ls="none")  # fmt: skip
     for _, marker, name in votes:
         by_tokens.plot([], [], marker=marker, color="gray", ls="none", label=f"{name} of {n}")
     ticks = [k for k in (2**i for i in range(n.bit_length())) if k <= n]
@@ -256,22 +293,24 @@ def plot_pass_at_k(summary: dict, path: str | Path) -> Path:
         title=f"At matched token budgets {title}",
     )
     for ax in (by_k, by_tokens):
-        ax.set_ylim(-2, 102)
+        ax.set_ylim(-2, 104)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+    _legend_outside(by_tokens, fontsize="small")
     return _save(fig, path)
 
 
 def plot_pareto(summary: dict, path: str | Path) -> Path:
     """Accuracy against mean tokens per sample: a point per mode, a sweep's points joined by a
     line and labelled with their values; log token axis when the means span 8x or more."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    fig = Figure(figsize=(8.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    for name, members in _mode_families(summary["modes"]).items():
+    families = _mode_families(summary["modes"])
+    for i, (name, members) in enumerate(families.items()):
         xs = [metrics["mean_tokens"] for _, metrics in members]
         ys = [100 * metrics["accuracy"] for _, metrics in members]
-        style = "-" if len(members) > 1 else "none"
-        ax.plot(xs, ys, marker="o", linestyle=style, label=name)
+        style = LINES[i % len(LINES)] if len(members) > 1 else "none"
+        marker = MARKERS[i % len(MARKERS)]
+        ax.plot(xs, ys, marker=marker, markersize=7, linestyle=style, label=name, alpha=0.85)
         for (mode, _), x, y in zip(members, xs, ys):
             label = mode.partition("=")[2] if len(members) > 1 else mode  # a sweep: its value
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
@@ -288,7 +327,7 @@ def plot_pareto(summary: dict, path: str | Path) -> Path:
         title=f"Accuracy vs tokens ({summary['problems']} problems, n = {summary['n']})",
     )
     ax.grid(alpha=0.3)
-    ax.legend(title="mode", fontsize="small")
+    _legend_outside(ax, title="mode", fontsize="small")
     return _save(fig, path)
 
 

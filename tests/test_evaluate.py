@@ -341,6 +341,32 @@ def test_markdown_and_plots_on_known_samples(tmp_path):
         assert imread(tmp_path / name).shape[0] > 100
 
 
+def test_coinciding_curves_stay_visible():
+    """Each curve its own marker and line style; a curve equal to an earlier one is drawn
+    slightly offset and its label names the curve it equals."""
+    styles = report.curve_styles({"think": [50, 80], "no_think": [50, 80], "short": [10, 20],
+                                  "extend=1": [50, 80]})  # fmt: skip
+    assert len({(s["marker"], s["linestyle"]) for s in styles.values()}) == 4
+    assert [s["offset"] for s in styles.values()] == [0.0, 0.8, 0.0, 1.6]
+    assert styles["no_think"]["label"] == "no_think (= think, drawn +0.8)"
+    assert styles["short"]["label"] == "short"
+
+
+def test_legends_sit_beside_the_plots_not_on_them(monkeypatch, tmp_path):
+    from matplotlib.figure import Figure
+
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig) or path)
+    summary = report.summarize({"demo": hand_made_rows()}, {"seed": 0})
+    report.plot_pass_at_k(summary, tmp_path / "a.png")
+    report.plot_pareto(summary, tmp_path / "b.png")
+    for fig in figures:
+        assert isinstance(fig, Figure)
+        legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+        assert legends and all(leg.get_bbox_to_anchor().x0 > ax.bbox.x1 - 1 for leg, ax in
+                                    zip(legends, [a for a in fig.axes if a.get_legend()]))  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # The command line
 
