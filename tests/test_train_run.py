@@ -1,7 +1,9 @@
 """The run directory: a rerun continues only the run it was (same settings, same start
 checkpoint), unless asked otherwise."""
 
+import io
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -79,3 +81,50 @@ def test_on_change_resume_continues_and_restart_starts_over(start):
 def test_on_change_values_are_checked():
     with pytest.raises(ValueError, match="on_change='always'; accepted: refuse, resume, restart"):
         load_config(SFTConfig, None, ["data.levels=[1]", "on_change=always"])
+
+
+class Ticks:
+    """A checkpointer that saves every second step, for the step loop alone."""
+
+    def __init__(self):
+        self.saved = []
+
+    def save(self, step, tree, data_state, force=False):
+        if force or step % 2 == 0:
+            self.saved.append(step)
+            return True
+        return False
+
+    def latest_step(self):
+        return self.saved[-1] if self.saved else None
+
+    def wait(self):
+        pass
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_step_loop_shows_a_bar_on_a_terminal_and_calls_on_save(monkeypatch):
+    import jax.numpy as jnp
+
+    monkeypatch.setattr("sys.stderr", err := Terminal())
+    cfg = SimpleNamespace(steps=4, log_every=100)
+    state = runlib.TrainState(0, jnp.zeros(2), jnp.zeros(2), jnp.zeros(2))
+    data = SimpleNamespace(get_state=dict)
+    ckpt, saved, logged, records = Ticks(), [], [], []
+
+    def one_step(s):
+        return runlib.TrainState(s.step + 1, s.params + 1, s.opt_state, s.rng), {
+            "step": s.step + 1, "loss": 1.0 / (s.step + 1)}  # fmt: skip
+
+    log = SimpleNamespace(write=records.append)
+    final = runlib.train_steps(
+        cfg, ckpt, state, data, one_step, log, logged.append, ("loss",),
+        on_save=lambda: saved.append(ckpt.latest_step()),
+    )  # fmt: skip
+    assert final.step == 4 and saved == [2, 4] and [r["step"] for r in records] == [1, 2, 3, 4]
+    assert logged == ["step 4 | loss 0.25"]  # the last step is always logged
+    assert "4/4" in err.getvalue() and "loss=0.25" in err.getvalue()

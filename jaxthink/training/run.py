@@ -16,10 +16,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import jax
 import yaml
+from tqdm import tqdm
 
 from jaxthink import distributed
 from jaxthink.training.checkpoint import Checkpointer, export_model, run_path
@@ -213,18 +215,27 @@ def save(ckpt: Checkpointer, state: TrainState, data_iter, *, force: bool = Fals
     return ckpt.save(state.step, state.tree(), data_iter.get_state(), force=force)
 
 
-def train_steps(cfg, ckpt, state: TrainState, data_iter, one_step, metrics_log, log, keys):
+def train_steps(
+    cfg, ckpt, state: TrainState, data_iter, one_step, metrics_log, log, keys, on_save=None
+):  # fmt: skip
     """The loop every step-wise run shares: `one_step(state)` -> (next state, metrics record)
-    until `cfg.steps`, then save (every `save_every`), record, and log every `log_every`.
+    until `cfg.steps`, then save (every `save_every`; `on_save()` after each save, e.g. a plot
+    rewritten), record, and log every `log_every`. On a terminal a progress bar shows the steps,
+    their ETA and the record's `keys`.
 
     Ctrl-C saves the last finished step (unless its arrays were already handed to the next
     step, which donates them: then the last checkpoint stands) and raises `Interrupted`, whose
     message says where the run resumes."""
+    shown = distributed.is_main() and sys.stderr.isatty()
+    bar = tqdm(total=cfg.steps, initial=state.step, unit="step", disable=not shown)
     try:
         while state.step < cfg.steps:
             state, record = one_step(state)
-            save(ckpt, state, data_iter)
+            if save(ckpt, state, data_iter) and on_save is not None:
+                on_save()
             metrics_log.write(record)
+            bar.set_postfix({k: f"{record[k]:.3g}" for k in keys if k in record}, refresh=False)
+            bar.update(1)
             if state.step % cfg.log_every == 0 or state.step == cfg.steps:
                 log(console_line(record, keys))
     except KeyboardInterrupt:
@@ -237,6 +248,8 @@ def train_steps(cfg, ckpt, state: TrainState, data_iter, one_step, metrics_log, 
         raise Interrupted(
             f"interrupted at step {state.step}; {where}: rerun the same command to resume"
         ) from None
+    finally:
+        bar.close()
     return state
 
 
