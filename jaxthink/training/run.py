@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -219,8 +220,8 @@ def train_steps(
     cfg, ckpt, state: TrainState, data_iter, one_step, metrics_log, log, keys, on_save=None
 ):  # fmt: skip
     """The loop every step-wise run shares: `one_step(state)` -> (next state, metrics record)
-    until `cfg.steps`, then save (every `save_every`; `on_save()` after each save, e.g. a plot
-    rewritten), record, and log every `log_every`. On a terminal a progress bar shows the steps,
+    until `cfg.steps`, then save (every `save_every`), record (with `seconds_checkpoint`), call
+    `on_save()` after a step that saved (e.g. a plot rewritten), and log every `log_every`. On a terminal a progress bar shows the steps,
     their ETA and the record's `keys`.
 
     Ctrl-C saves the last finished step (unless its arrays were already handed to the next
@@ -231,9 +232,12 @@ def train_steps(
     try:
         while state.step < cfg.steps:
             state, record = one_step(state)
-            if save(ckpt, state, data_iter) and on_save is not None:
-                on_save()
+            t0 = time.perf_counter()
+            saved = save(ckpt, state, data_iter)
+            record["seconds_checkpoint"] = time.perf_counter() - t0
             metrics_log.write(record)
+            if saved and on_save is not None:
+                on_save()
             bar.set_postfix({k: f"{record[k]:.3g}" for k in keys if k in record}, refresh=False)
             bar.update(1)
             if state.step % cfg.log_every == 0 or state.step == cfg.steps:
