@@ -167,6 +167,22 @@ def test_fused_head_gives_autodiffs_gradients(head_setup, chunk):
     )
 
 
+def test_chunks_without_valid_positions_skip_the_head_exactly(head_setup):
+    """Columns past the longest response (no valid position in any row) skip the head: the
+    gradients are exactly those of computing them with zero weight."""
+    model, hidden, targets, weights = head_setup
+    valid = jnp.broadcast_to(jnp.arange(T) < 9, (B, T))  # chunks of 4: the last three empty
+    data = tuple(weights * valid)
+    token_grads = lambda logp, entropy, d: (d[0], d[1])
+    run = lambda v: head_gradients(model, hidden, targets, 0.7, token_grads, data, 4, v)
+    (logp, entropy, d_hidden, d_head), skipped = run(None), run(valid)
+    for ours, full in ((skipped[0], logp), (skipped[1], entropy)):
+        np.testing.assert_array_equal(jnp.where(valid, ours, 0.0), jnp.where(valid, full, 0.0))
+        assert not np.asarray(ours)[:, 12:].any()  # the skipped chunks
+    for a, b in zip(jax.tree.leaves((d_hidden, d_head)), jax.tree.leaves(skipped[2:])):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_logit_chunk_holds_about_the_budget_of_logits():
     assert logit_chunk(64, 151_936) * 64 == 128  # Qwen's vocabulary: 128 positions at once
     assert logit_chunk(8, 151_936) * 8 == 160

@@ -12,9 +12,18 @@ from flax import nnx
 import jaxthink
 from jaxthink.decode.sampler import left_pad
 from jaxthink.rl import LossConfig, RewardConfig, group_advantages, mode_advantages, policy_loss
+from jaxthink.sharding import MeshConfig, make_mesh
 from jaxthink.training.config import ModelSpec, RLConfig, RolloutConfig
+from jaxthink.training.mesh import Layout
 from jaxthink.training.model_setup import build_model
-from jaxthink.training.rl import accumulate_gradients, mini_batches, training_arrays
+from jaxthink.training.rl import (
+    RLSetup,
+    accumulate_gradients,
+    mini_batches,
+    resharding,
+    rl_step,
+    training_arrays,
+)
 from jaxthink.training.rollout import Rollout, response_width, right_pad
 
 TEMPERATURE = 0.7
@@ -214,3 +223,47 @@ def test_rollout_logprobs_are_the_trainers_on_its_arrays(tiny):
     )
     for b, g in enumerate(r.generations):
         np.testing.assert_allclose(np.asarray(logp)[b, : g.num_tokens], g.logprobs, atol=2e-5)
+
+
+def test_a_second_rl_step_traces_and_compiles_nothing(tiny):
+    """After the first step has compiled the rollout's and the update's programs, a step of new
+    prompts of the same shapes (old and reference log-probs included) only runs them."""
+    model, tokenizer = tiny
+    cfg = RLConfig(
+        rollout=RolloutConfig(
+            group_size=2, prompts_per_step=2, max_new_tokens=8, temperature=TEMPERATURE
+        ),
+        loss=LossConfig(kl_coef=0.1),
+        mini_batches=2,
+        steps=2,
+    )
+    graphdef, params = nnx.split(model)
+    params = jax.tree.map(jnp.copy, params)  # the update donates them
+    setup, tx = RLSetup.create(cfg, graphdef, tokenizer, params)
+    opt_state = tx.init(params)
+    records = [
+        [{"question": q, "answer": "3"} for q in pair] for pair in (("1+2", "4-1"), ("6/2", "9-6"))
+    ]
+    events = []
+    listener = lambda event, seconds, **_: events.append(event)
+    compiled = lambda: [e for e in events if "trace" in e or "compile" in e]
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        params, opt_state, _ = rl_step(setup, params, opt_state, records[0], jax.random.key(0))
+        first = len(compiled())
+        rl_step(setup, params, opt_state, records[1], jax.random.key(1))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert first > 0 and len(compiled()) == first, compiled()[first:]
+
+
+def test_the_sampling_copy_is_one_program_per_layout(tiny):
+    """The rollout's resharded copy of the parameters (FSDP meshes) is made by one jitted
+    function per layout, not a new one (traced and compiled again) every step."""
+    _, params = nnx.split(tiny[0])
+    mesh = make_mesh(MeshConfig(1, 1, 1))
+    copy = resharding(Layout.of(params, mesh))
+    assert resharding(Layout.of(params, mesh)) is copy
+    for _ in range(2):
+        jax.block_until_ready(copy(params))
+    assert copy._cache_size() == 1

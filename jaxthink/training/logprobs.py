@@ -21,10 +21,12 @@ per-position derivatives taken from them, and the gradients of the head and of t
 stream accumulated on the spot - three head products per chunk instead of autodiff's four
 (forward, remade forward, two backward), and no second pass over the logits. Its logits are
 laid out vocabulary-major, [V, positions]: the head's gradient is then a plain [V, c] x [c, E]
-product, and XLA:CPU runs all three products and the column sums over the vocabulary faster
-than on [positions, V] logits. A chunk holds two [V, c] arrays at once (the logits, then their
-exponentials; the gradient reuses the logits' buffer). `head_surrogate` hands those gradients
-back to autodiff.
+product, and XLA:CPU runs all three products and the sums over the vocabulary faster than on
+[positions, V] logits. Besides the logits a chunk keeps only their gradient as a [V, c] array
+(the sums make their exponentials inside their own passes); its chunks are FUSED_CHUNK_SCALE
+times wider than `logit_chunk`'s, so they hold two arrays of twice the logits where its
+[positions, V] form held three of LOGIT_ELEMENTS. Chunks past the longest response are
+skipped. `head_surrogate` hands the gradients back to autodiff.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from jaxthink.models import forward
 
 LOGIT_CHUNK = 512  # the most positions of a row whose logits exist at once
 LOGIT_ELEMENTS = 3 << 23  # logits of one chunk, [B, chunk, V]: 96 MiB in fp32
+FUSED_CHUNK_SCALE = 2  # `head_gradients`' chunk, in `logit_chunk`s: its products run faster
 HEAD = ("final_norm", "embed", "lm_head")  # what `model.logits` reads
 
 
@@ -174,6 +177,7 @@ def head_gradients(
     token_grads,
     data: dict,
     chunk: int | None = None,
+    valid: jax.Array | None = None,
 ):
     """The head's forward and backward pass at once for a loss sum_t f_t(logp_t, H_t).
 
@@ -182,9 +186,13 @@ def head_gradients(
     depends on its own position only. Returns (logp, entropy [B, T], d loss / d hidden
     [B, T, E], d loss / d head: the head's state as `split_head` gives it). Nothing is
     differentiated through this function: give it stopped values and pass its gradients on with
-    `head_surrogate`. `chunk`: positions per row at once (default `logit_chunk`)."""
+    `head_surrogate`. `chunk`: positions per row at once (default: FUSED_CHUNK_SCALE times
+    `logit_chunk`). `valid` [B, T]: the positions whose terms count; a chunk without any (the
+    response columns past the longest response) skips the head and gives zeros, as a position
+    whose df/dlogp and df/dH are 0 does."""
     b, t, e = hidden.shape
-    chunk = logit_chunk(b, model.cfg.vocab_size) if chunk is None else chunk
+    if chunk is None:
+        chunk = FUSED_CHUNK_SCALE * logit_chunk(b, model.cfg.vocab_size)
     n = -(-t // chunk)
     graphdef, head, rest = split_head(model)
 
@@ -192,8 +200,7 @@ def head_gradients(
         z = vocab_major_logits(nnx.merge(graphdef, head, rest), h.reshape(-1, e))
         return z.astype(jnp.float32) / temperature
 
-    def body(d_head, xs):
-        h, y, d = xs
+    def one(d_head, h, y, d):
         z, pullback = jax.vjp(logits_of, head, h)
         y = y.reshape(-1)
         logp, entropy, lse = _column_stats(z, y)
@@ -206,8 +213,19 @@ def head_gradients(
         outs = (logp.reshape(h.shape[:2]), entropy.reshape(h.shape[:2]), d_h)
         return jax.tree.map(jnp.add, d_head, d_head_chunk), outs
 
+    def skip(d_head, h, y, d):
+        zeros = jnp.zeros(h.shape[:2], jnp.float32)
+        return d_head, (zeros, zeros, jnp.zeros_like(h))
+
+    def body(d_head, xs):
+        h, y, d, v = xs
+        if v is None:
+            return one(d_head, h, y, d)
+        return jax.lax.cond(jnp.any(v), one, skip, d_head, h, y, d)
+
     xs = (_chunked(hidden, n, chunk), _chunked(targets, n, chunk))
     xs += (jax.tree.map(lambda x: _chunked(x, n, chunk), data),)
+    xs += (None if valid is None else _chunked(valid, n, chunk),)
     d_head, outs = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, head), xs)
     logp, entropy, d_hidden = (_unchunked(x, t) for x in outs)
     return logp, entropy, d_hidden, d_head
@@ -225,16 +243,16 @@ def vocab_major_logits(model, x: jax.Array) -> jax.Array:
 
 def _column_stats(z: jax.Array, y: jax.Array):
     """`_softmax_stats` of vocabulary-major logits z [V, N] and targets y [N]: (log-prob of y,
-    entropy, log-sum-exp), each [N]. The maximum enters the entropy's sum again behind a
-    barrier, so that z - max is remade inside that sum instead of kept as a third [V, N]
-    array."""
+    entropy, log-sum-exp), each [N]. Each of the two sums over the vocabulary makes its own
+    exponentials inside its pass (the entropy's from the maximum behind a barrier, which keeps
+    XLA from sharing them as a [V, N] array that both passes would then read)."""
     m = jax.lax.stop_gradient(jnp.max(z, axis=0))
-    e = jnp.exp(z - m)
-    s = jnp.sum(e, axis=0)
+    s = jnp.sum(jnp.exp(z - m), axis=0)
+    shifted = z - jax.lax.optimization_barrier(m)
     log_s = jnp.log(s)
     lse = m + log_s
     logp = z[y, jnp.arange(y.shape[0])] - lse
-    entropy = log_s - jnp.sum(e * (z - jax.lax.optimization_barrier(m)), axis=0) / s
+    entropy = log_s - jnp.sum(jnp.exp(shifted) * shifted, axis=0) / s
     return logp, entropy, lse
 
 

@@ -124,10 +124,10 @@ def fused_micro_batch_loss(
         return jax.grad(shares, argnums=(0, 1))(logp, entropy)
 
     frozen = nnx.merge(graphdef, sg(params))
-    logp, entropy, d_hidden, d_head = head_gradients(
-        frozen, sg(hidden), micro["response_tokens"], temperature, token_grads, data
-    )
     valid = mask > 0
+    logp, entropy, d_hidden, d_head = head_gradients(
+        frozen, sg(hidden), micro["response_tokens"], temperature, token_grads, data, None, valid
+    )
     logp, entropy = jnp.where(valid, logp, 0.0), jnp.where(valid, entropy, 0.0)
     old = micro.get("old_logp", logp)
     terms = loss_terms(logp, old, adv, mask, cfg, micro.get("ref_logp"), entropy)
@@ -278,7 +278,14 @@ def sampling_params(setup: RLSetup, params):
     layout = setup.layout
     if layout is None or layout.mesh.shape["fsdp"] == 1:
         return params
-    return jax.jit(lambda p: p, out_shardings=layout.with_rules(SAMPLE_RULES).params())(params)
+    return resharding(layout.with_rules(SAMPLE_RULES))(params)
+
+
+@functools.lru_cache(maxsize=8)
+def resharding(layout: Layout):
+    """A jitted copy of parameters onto `layout`'s shardings, one per layout (Layouts are
+    hashable): a new jit of a new function would trace and compile again on every step."""
+    return jax.jit(lambda params: params, out_shardings=layout.params())
 
 
 def on_mesh(setup: RLSetup, arrays: dict, axis: int = 0):
