@@ -22,11 +22,11 @@ stream accumulated on the spot - three head products per chunk instead of autodi
 (forward, remade forward, two backward), and no second pass over the logits. Its logits are
 laid out vocabulary-major, [V, positions]: the head's gradient is then a plain [V, c] x [c, E]
 product, and XLA:CPU runs all three products and the sums over the vocabulary faster than on
-[positions, V] logits. Besides the logits a chunk keeps only their gradient as a [V, c] array
-(the sums make their exponentials inside their own passes); its chunks are FUSED_CHUNK_SCALE
-times wider than `logit_chunk`'s, so they hold two arrays of twice the logits where its
-[positions, V] form held three of LOGIT_ELEMENTS. Chunks past the longest response are
-skipped. `head_surrogate` hands the gradients back to autodiff.
+[positions, V] logits. A chunk's logits are its only [V, c] array: the sums over the
+vocabulary make their exponentials inside their own passes and the gradient is written over
+the logits, so a chunk twice as wide as `logit_chunk`'s (FUSED_CHUNK_SCALE) takes two thirds
+of the memory of the three arrays its [positions, V] form kept. Chunks past the longest
+response are skipped. `head_surrogate` hands the gradients back to autodiff.
 """
 
 from __future__ import annotations
@@ -207,8 +207,10 @@ def head_gradients(
         g_logp, g_entropy = token_grads(*(x.reshape(h.shape[:2]) for x in (logp, entropy)), d)
         g_logp, g_entropy = g_logp.reshape(-1), g_entropy.reshape(-1)
         logq = z - lse
-        dz = -jnp.exp(logq) * (g_logp + g_entropy * (logq + entropy))  # `_softmax_grad`
-        dz = dz.at[y, jnp.arange(y.shape[0])].add(g_logp)
+        # `_softmax_grad`, vocabulary-major; the target's term by a comparison, not a scatter,
+        # so that the gradient is one elementwise pass that XLA writes over the logits
+        hit = jnp.arange(z.shape[0])[:, None] == y
+        dz = jnp.where(hit, g_logp, 0.0) - jnp.exp(logq) * (g_logp + g_entropy * (logq + entropy))
         d_head_chunk, d_h = pullback(dz)
         outs = (logp.reshape(h.shape[:2]), entropy.reshape(h.shape[:2]), d_h)
         return jax.tree.map(jnp.add, d_head, d_head_chunk), outs
