@@ -2,8 +2,8 @@
 
 Both decode the same prompt greedily with the same pair of random-weight models and the same
 random steering file, one prompt (the published algorithm's batch), fp32 on CPU, after warm-up:
-    cached     jaxthink.decode.hybrid: KV caches, the slot engine's loop, candidates batched
-    uncached   jaxthink.decode.hybrid_reference: every sequence re-run in full for every token,
+    cached     jaxthink.hybrid.decoding: KV caches, the slot engine's loop, candidates batched
+    uncached   jaxthink.hybrid.reference: every sequence re-run in full for every token,
                once per coefficient when the models disagree
 The base model is the thinking model with Gaussian noise on every weight (`--base-noise`, relative
 to each tensor's spread), so that the two agree on most tokens as a real pair does; the uncached
@@ -61,8 +61,8 @@ def make_pair(shape: str, noise: float, seed: int = 0):
 
 def random_steering(cfg, n_latents: int, norm: float, seed: int = 0):
     """A steering file of random directions (SAE and vectors) at the middle blocks."""
-    from jaxthink.steer.sae import init_sae
-    from jaxthink.steer.vectors import SteeringVectors
+    from jaxthink.hybrid.sae import init_sae
+    from jaxthink.hybrid.vectors import SteeringVectors
 
     rng = np.random.default_rng(seed)
     e = cfg.hidden_size
@@ -82,7 +82,7 @@ def warm_reference(thinking, base, steering, prompt_len: int, new_tokens: int) -
     """Compiles the uncached loop's programs for every padded length the timed run meets."""
     from flax import nnx
 
-    from jaxthink.decode.hybrid_reference import _BUCKET, _base_position, _thinking_position
+    from jaxthink.hybrid.reference import _BUCKET, _base_position, _thinking_position
 
     (td, tp), (bd, bp) = nnx.split(thinking), nnx.split(base)
     vector = jnp.zeros(base.cfg.hidden_size)
@@ -95,8 +95,8 @@ def warm_reference(thinking, base, steering, prompt_len: int, new_tokens: int) -
 
 
 def bench(args) -> dict:
-    from jaxthink.decode.hybrid import DEFAULT_COEFFICIENTS, run_hybrid
-    from jaxthink.decode.hybrid_reference import hybrid_reference
+    from jaxthink.hybrid.decoding import DEFAULT_COEFFICIENTS, run_hybrid
+    from jaxthink.hybrid.reference import hybrid_reference
 
     thinking, base, cfg = make_pair(args.shape, args.base_noise)
     steering = random_steering(cfg, args.latents, args.vector_norm)

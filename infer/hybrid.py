@@ -29,7 +29,7 @@ class HybridSettings:
 
 
 def add_arguments(parser) -> None:
-    from jaxthink.decode.hybrid import ABLATIONS
+    from jaxthink.hybrid.decoding import ABLATIONS
 
     g = parser.add_argument_group("hybrid decoding (--mode hybrid)")
     g.add_argument("--base-model", help="the base model's checkpoint directory")
@@ -43,7 +43,7 @@ def add_arguments(parser) -> None:
 def settings_of(args) -> HybridSettings | None:
     """The hybrid settings of parsed arguments, None for a request that is not a hybrid one;
     raises ValueError naming the flag for bad or misplaced hybrid flags."""
-    from jaxthink.decode.hybrid import DEFAULT_COEFFICIENTS
+    from jaxthink.hybrid.decoding import DEFAULT_COEFFICIENTS
 
     if "hybrid" not in (args.mode or []):
         given = [f for f in ("base_model", "steering", "coefficients") if getattr(args, f)]
@@ -73,7 +73,7 @@ def settings_of(args) -> HybridSettings | None:
 
 def generate_fn(base_model, base_tokenizer, steering, coefficients, ablation):
     """A `jaxthink.generate`-shaped function running the hybrid (for the evaluation runner)."""
-    from jaxthink.decode.hybrid import hybrid_generate
+    from jaxthink.hybrid.decoding import hybrid_generate
 
     def generate(model, tokenizer, prompts, mode, *, n=1, max_new_tokens=512, temperature=0.0,
                  seed=0, slots=None, progress=None, chat=True, **_):  # fmt: skip
@@ -91,7 +91,7 @@ def generate_fn(base_model, base_tokenizer, steering, coefficients, ablation):
 def load_generate(settings: HybridSettings):
     """`generate_fn` with the base model and steering file of `settings` loaded."""
     import jaxthink
-    from jaxthink.steer.vectors import load_steering
+    from jaxthink.hybrid.vectors import load_steering
 
     base_model, base_tokenizer, _ = jaxthink.load(settings.base_model)
     steering = load_steering(settings.steering)

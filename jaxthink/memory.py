@@ -8,7 +8,7 @@ batch x kv heads for the KV cache):
   prompts_per_step x G sequences of (prompt + max response) tokens;
 - update activations with per-layer rematerialisation and gradient accumulation: the residual
   stream saved at every layer boundary (bf16) for one micro-batch of sequences, plus fp32 logits
-  for LOGIT_CHUNK positions of each of its rows at a time (jaxthink.training.logprobs).
+  for LOGIT_CHUNK positions of each of its rows at a time (jaxthink.runs.logprobs).
 The numbers are estimates to plan a slice, not a profiler's reading.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxthink.models.config import ModelConfig
-from jaxthink.training.logprobs import LOGIT_CHUNK
+from jaxthink.runs.logprobs import LOGIT_CHUNK
 
 GIB = 1024**3
 # name -> (chips, HBM GiB per chip)

@@ -15,8 +15,8 @@ import jax
 from flax import nnx
 
 import jaxthink
-from jaxthink.training.config import ModelSpec
-from jaxthink.training.model_setup import build_model
+from jaxthink.runs.config import ModelSpec
+from jaxthink.runs.model import build_model
 
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_layers=3, num_heads=4, num_kv_heads=2)
 

@@ -4,5 +4,5 @@
     python -m train rl --config configs/rl_tiny.yaml [key=value ...]
     python -m train bench [--sizes tiny,50m]
 
-The trainers live in `jaxthink.training`; this package is their command line.
+The trainers live in `jaxthink.runs`; this package is their command line.
 """

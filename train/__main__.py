@@ -4,8 +4,8 @@
 
 Each command is a subparser (`python -m train --help` lists them, `python -m train COMMAND
 --help` shows its flags). A config is a YAML file of a typed dataclass
-(`jaxthink.training.config.SFTConfig` / `RLConfig`, `jaxthink.training.sae_run.SAERunConfig`,
-`jaxthink.training.steer_run.SteerRunConfig`); `key=value` arguments override it, dotted for
+(`jaxthink.runs.config.SFTConfig` / `RLConfig`, `jaxthink.hybrid.sae_run.SAERunConfig`,
+`jaxthink.hybrid.steer_run.SteerRunConfig`); `key=value` arguments override it, dotted for
 nested sections (`optim.lr=3e-4 rollout.group_size=4`), before or after the flags.
 `--print-config` shows the resolved config and exits.
 Exit status: 0 done, 1 training stopped (non-finite loss), 2 bad config or input.
@@ -83,9 +83,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
 
 
 def config_class(command: str):
-    from jaxthink.training.config import RLConfig, SFTConfig
-    from jaxthink.training.sae_run import SAERunConfig
-    from jaxthink.training.steer_run import SteerRunConfig
+    from jaxthink.hybrid.sae_run import SAERunConfig
+    from jaxthink.hybrid.steer_run import SteerRunConfig
+    from jaxthink.runs.config import RLConfig, SFTConfig
 
     return {"sft": SFTConfig, "rl": RLConfig, "sae": SAERunConfig, "steer": SteerRunConfig}[command]
 
@@ -93,26 +93,26 @@ def config_class(command: str):
 def run(args) -> None:
     import yaml
 
-    from jaxthink.training.configfile import load_config, to_dict
+    from jaxthink.runs.config_file import load_config, to_dict
 
     cfg = load_config(config_class(args.command), args.config, args.overrides)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return
     if args.command == "sft":
-        from jaxthink.training.sft import train_sft
+        from jaxthink.sft.loop import train_sft
 
         train_sft(cfg)
     elif args.command == "sae":
-        from jaxthink.training.sae_run import train_sae_run
+        from jaxthink.hybrid.sae_run import train_sae_run
 
         train_sae_run(cfg)
     elif args.command == "steer":
-        from jaxthink.training.steer_run import train_steer_run
+        from jaxthink.hybrid.steer_run import train_steer_run
 
         train_steer_run(cfg)
     else:
-        from jaxthink.training.rl import train_rl
+        from jaxthink.rl.loop import train_rl
 
         train_rl(cfg)
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(build_parser(), argv)
     if args.command == "bench":  # parsed again by train/bench.py, which resolves its defaults
         return bench.main(argv[argv.index("bench") + 1 :])
-    from jaxthink.training.run import Interrupted, TrainingStopped
+    from jaxthink.runs.run import Interrupted, TrainingStopped
 
     try:
         if args.command == "plot":
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def plot(args) -> None:
     """`python -m train plot RUN_DIR... --out FILE.png`: one line per run (its metrics.jsonl)."""
-    from jaxthink.training.metrics import plot_metric
+    from jaxthink.runs.logs import plot_metric
 
     runs = {}
     for item in args.runs:

@@ -111,8 +111,8 @@ class Memory:
 
 
 def rl_config(args, model: list[str], run_dir: str):
-    from jaxthink.training.config import RLConfig
-    from jaxthink.training.configfile import load_config
+    from jaxthink.runs.config import RLConfig
+    from jaxthink.runs.config_file import load_config
 
     loss = [] if args.kl_coef is None else [f"loss.kl_coef={args.kl_coef}"]
     optim = [f"optim.lr={args.lr}"] if args.model else []
@@ -137,9 +137,9 @@ def rl_config(args, model: list[str], run_dir: str):
 
 def step_prompts(args) -> list[list[dict]]:
     """The records of every step (warm-up first), as both trainers get them."""
-    from jaxthink.training.config import DataSource
-    from jaxthink.training.configfile import load_config
-    from jaxthink.training.records import prompt_batches, read_records
+    from jaxthink.data.records import prompt_batches, read_records
+    from jaxthink.runs.config import DataSource
+    from jaxthink.runs.config_file import load_config
 
     source = load_config(DataSource, None, [d.removeprefix("data.") for d in DATA])
     batches = iter(prompt_batches(read_records(source), args.prompts, seed=0))
@@ -170,9 +170,9 @@ def bench_jaxthink(args, name: str, model: list[str]) -> dict:
     import jax
     from flax import nnx
 
-    from jaxthink.training.model_setup import build_model
-    from jaxthink.training.rl import RLSetup, rl_step
-    from jaxthink.training.run import commit
+    from jaxthink.rl.loop import RLSetup, rl_step
+    from jaxthink.runs.model import build_model
+    from jaxthink.runs.run import commit
 
     memory = Memory()
     with tempfile.TemporaryDirectory() as tmp:
@@ -209,8 +209,8 @@ def bench_trl(args) -> dict:
     import transformers
     from trl import GRPOConfig, GRPOTrainer
 
+    from jaxthink.data.records import question_of
     from jaxthink.eval.grade import grade_many
-    from jaxthink.training.records import question_of
 
     records = [r for batch in step_prompts(args) for r in batch]
     dataset = datasets.Dataset.from_list(

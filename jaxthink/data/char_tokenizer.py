@@ -28,8 +28,9 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
+from jaxthink.tokenizer import END_THINK, SHORT, THINK
+
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
-THINK, END_THINK, SHORT = "<think>", "</think>", "<short>"
 SPECIAL_TOKENS = (PAD, EOS, UNK)  # skipped by decode(..., skip_special_tokens=True)
 CONTROL_TOKENS = (THINK, END_THINK, SHORT)  # always decoded as themselves
 CHARACTERS = ("\n",) + tuple(chr(c) for c in range(32, 127))

@@ -1,15 +1,8 @@
-"""Decoding: the compiled step loop, the slot engine that feeds it (continuous batching), token
-choice, the `generate` front end with its `GenerateConfig`, and hybrid decoding
-(`hybrid_generate`: a thinking model steering a base model)."""
+"""Decoding: `generate` and its `GenerateConfig` (generate.py), the slot engine that feeds the
+compiled step loop from a queue (engine.py: continuous batching), the loop itself (sampler.py) and
+token choice (choice.py). Hybrid decoding is a step variant of the same loop
+(`jaxthink.hybrid.decoding`)."""
 
 from jaxthink.decode.generate import GenerateConfig, Generation, Generations, generate
-from jaxthink.decode.hybrid import HybridGeneration, hybrid_generate
 
-__all__ = [
-    "GenerateConfig",
-    "Generation",
-    "Generations",
-    "HybridGeneration",
-    "generate",
-    "hybrid_generate",
-]
+__all__ = ["GenerateConfig", "Generation", "Generations", "generate"]

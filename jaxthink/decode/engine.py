@@ -217,7 +217,7 @@ def empty_slots(cfg, slots: int, length: int, max_new: int, queue: int, dtype) -
 class Engine:
     """Decode slots over one model's weights, for any tokenizer-side `PolicyTokens`.
 
-    With `hybrid` (a `jaxthink.decode.hybrid.Hybrid`: a base model and its steering) the model is
+    With `hybrid` (a `jaxthink.hybrid.decoding.Hybrid`: a base model and its steering) the model is
     the thinking model of hybrid decoding: every request also gives the base model's prompt, each
     slot holds both models' caches, and samples carry what was steered."""
 

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxthink.decode import engine
+from jaxthink.decode.choice import check_sampling
 from jaxthink.decode.sampler import FINISH_REASONS, left_pad
-from jaxthink.decode.sampling import check_sampling
 from jaxthink.policies.modes import ANSWER, THINK, Mode, ModeOptions, parse_mode, row_setup
 from jaxthink.policies.policy import PolicyTokens
 from jaxthink.tokenizer import (

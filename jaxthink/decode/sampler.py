@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from jaxthink.decode.sampling import choose_tokens
+from jaxthink.decode.choice import choose_tokens
 from jaxthink.distributed import to_host
 from jaxthink.models.qwen import KVCache, forward_cached, init_cache, with_projections_out_in
 from jaxthink.policies import policy
@@ -64,7 +64,7 @@ class LoopState:
     pparams: PolicyParams  # [B] the rows' modes
     sampling: Sampling  # [B] the rows' sampling settings and keys
     max_new: Array  # [B] int32: tokens a row may generate (at most N)
-    hybrid: object = None  # the base model's carry in hybrid decoding (`jaxthink.decode.hybrid`)
+    hybrid: object = None  # the base model's carry in hybrid decoding (`jaxthink.hybrid.decoding`)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "queue_width", "mesh"))
@@ -165,7 +165,7 @@ def step(
     """One token for every running row: mask -> choose -> policy -> record -> forward. A row's
     draw is keyed by (its key, its own step count), never by its place in the batch.
 
-    With `steer` (`jaxthink.decode.hybrid.Steer`) this is the hybrid's step: the model is the
+    With `steer` (`jaxthink.hybrid.decoding.Steer`) this is the hybrid's step: the model is the
     thinking model, `steer.choose` picks the token from both models' last positions, and
     `steer.advance` runs the base model on it beside the thinking model."""
     active = ~s.done

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import re
 
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
-SHORT = "<short>"
-CONTROL_TOKENS = (THINK_OPEN, SHORT)
+from jaxthink.tokenizer import END_THINK, SHORT, THINK
+
+CONTROL_TOKENS = (THINK, SHORT)
 
 # `\boxed` and `\fbox` both mark a final answer; `\boxed 5` (no braces) is valid LaTeX too.
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
@@ -30,12 +29,12 @@ def split_thinking(text: str) -> tuple[str, str]:
     is all answer (a leading `<short>` is dropped from it).
     """
     body = text.lstrip()
-    close = body.rfind(THINK_CLOSE)
+    close = body.rfind(END_THINK)
     if close >= 0:
-        thinking = _drop_prefix(body[:close].lstrip(), THINK_OPEN)
-        return thinking.strip(), body[close + len(THINK_CLOSE) :].strip()
-    if body.startswith(THINK_OPEN):
-        return body[len(THINK_OPEN) :].strip(), ""
+        thinking = _drop_prefix(body[:close].lstrip(), THINK)
+        return thinking.strip(), body[close + len(END_THINK) :].strip()
+    if body.startswith(THINK):
+        return body[len(THINK) :].strip(), ""
     return "", _drop_prefix(body, SHORT).strip()
 
 
@@ -46,9 +45,9 @@ def answer_part(text: str) -> str:
     `<think>`), else the whole text. Unlike `split_thinking`, a `<think>` response that was cut
     before `</think>` is searched too: penalising truncation is the reward's job, not extraction's.
     """
-    close = text.rfind(THINK_CLOSE)
+    close = text.rfind(END_THINK)
     if close >= 0:
-        return text[close + len(THINK_CLOSE) :]
+        return text[close + len(END_THINK) :]
     body = text.lstrip()
     for token in CONTROL_TOKENS:
         if body.startswith(token):

@@ -1,7 +1,7 @@
 """Qwen-architecture models: config, NNX modules, HF checkpoint loading and export."""
 
-from jaxthink.models.checkpoint import CheckpointError, export_hf, load_params
 from jaxthink.models.config import ARCHITECTURES, ConfigError, ModelConfig
+from jaxthink.models.hf_format import CheckpointError, export_hf, load_params
 from jaxthink.models.qwen import (
     KVCache,
     Qwen,

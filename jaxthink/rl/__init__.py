@@ -1,7 +1,9 @@
-"""Reinforcement learning of when to think: the pure-function core.
+"""Reinforcement learning of when to think (`python -m train rl`).
 
-rewards (Thinkless reward table) -> advantages (group-relative) -> losses (DeGRPO / GRPO with
-(sum, denominator) aggregation for gradient accumulation). No trainer state lives here.
+rollout (G samples per prompt through the slot engine, graded) -> rewards (Thinkless reward
+table) -> advantages (group-relative) -> losses (DeGRPO / GRPO with (sum, denominator)
+aggregation for gradient accumulation) -> loop (the update step and the run, `train_rl`). The
+package exports the pure functions; the rollout and the loop are imported from their modules.
 """
 
 from jaxthink.rl.advantages import group_advantages, mode_advantages

@@ -244,7 +244,7 @@ def token_loss(
     """Each token's share of the loss, elementwise: surrogate * l + kl * k3 + entropy * H with
     `token_coefficients`. Summed over a batch it is `combine_terms` of its `loss_terms` with
     the same denominators, and each token's term depends on that token alone, so its
-    derivatives can be taken a chunk of positions at a time (jaxthink.training.logprobs).
+    derivatives can be taken a chunk of positions at a time (jaxthink.runs.logprobs).
     Advantages are [B] or any shape that broadcasts against the mask's."""
     valid = jnp.asarray(mask) > 0
     real = lambda x: jnp.where(valid, jnp.asarray(x, jnp.float32), 0.0)

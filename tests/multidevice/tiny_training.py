@@ -14,10 +14,10 @@ from flax import nnx
 from jaxthink.data.arithmetic import generate_problems
 from jaxthink.decode.sampler import left_pad
 from jaxthink.rl import LossConfig
-from jaxthink.training.config import ModelSpec, OptimConfig, RLConfig, RolloutConfig
-from jaxthink.training.model_setup import build_model
-from jaxthink.training.rollout import right_pad
-from jaxthink.training.sft_data import sft_batches
+from jaxthink.rl.rollout import right_pad
+from jaxthink.runs.config import ModelSpec, OptimConfig, RLConfig, RolloutConfig
+from jaxthink.runs.model import build_model
+from jaxthink.sft.data import sft_batches
 
 SPEC = ModelSpec(
     hidden_size=32, intermediate_size=64, num_layers=1, num_heads=8, num_kv_heads=8,

@@ -18,10 +18,10 @@ import numpy as np
 import optax
 
 from jaxthink.distributed import global_batch, process_rows, to_host
+from jaxthink.rl.loop import RLSetup, batch_logprobs, mini_batches, on_mesh
+from jaxthink.runs.mesh import Layout
+from jaxthink.sft.loop import compiled_sft_step
 from jaxthink.sharding import MeshConfig, MeshError, make_mesh
-from jaxthink.training.mesh import Layout
-from jaxthink.training.rl import RLSetup, batch_logprobs, mini_batches, on_mesh
-from jaxthink.training.sft import compiled_sft_step
 from tests.multidevice.tiny_training import (
     OPTIM,
     RL,

@@ -26,11 +26,11 @@ import jaxthink
 from jaxthink import distributed
 from jaxthink.data.arithmetic import generate_problems
 from jaxthink.distributed import DistributedConfig, data_shard, global_batch, to_host
+from jaxthink.rl.loop import RLSetup, rl_step
+from jaxthink.runs.checkpoints import Checkpointer, export_model
+from jaxthink.runs.mesh import Layout
+from jaxthink.sft.loop import compiled_sft_step
 from jaxthink.sharding import MeshConfig, make_mesh
-from jaxthink.training.checkpoint import Checkpointer, export_model
-from jaxthink.training.mesh import Layout
-from jaxthink.training.rl import RLSetup, rl_step
-from jaxthink.training.sft import compiled_sft_step
 from tests.multidevice.tiny_training import (
     OPTIM,
     RL,

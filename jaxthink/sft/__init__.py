@@ -1,0 +1,1 @@
+"""Supervised warm-up: packed <think>/<short> samples (data.py), the loop (loop.py)."""
