@@ -302,7 +302,11 @@ def _generate(command: GenerateCommand) -> None:
         from infer.evaluate import evaluate_cli, load_cli_problems
 
         problems = load_cli_problems(command)
+    t0 = time.perf_counter()
     model, tokenizer, model_cfg = jaxthink.load(command.model or demo_model_dir())
+    if not command.json:
+        print(f"loaded {command.model or 'the demo model'} in {time.perf_counter() - t0:.1f}s",
+              file=sys.stderr)  # fmt: skip
     options = mode_options(command, model_cfg)
     generate_fn = hybrid.load_generate(command.hybrid) if command.hybrid else None
     if command.data:
@@ -364,8 +368,13 @@ def run(command: GenerateCommand, model, tokenizer, options: ModeOptions, prompt
         if n > 1 and not command.json:
             print(majority_line(group) + "\n")
     if not command.json:
-        total = sum(g.num_tokens for g in results)
-        print(f"{len(results)} samples, {total} tokens in {time.perf_counter() - t0:.1f}s")
+        total, seconds = sum(g.num_tokens for g in results), time.perf_counter() - t0
+        compiling = results.stats.compile_seconds
+        print(
+            f"{len(results)} samples, {total} tokens in {seconds:.1f}s ({compiling:.1f}s "
+            f"compiling and setting up; {total / max(seconds - compiling, 1e-9):.0f} tok/s "
+            "after it)"
+        )
 
 
 def styles(out) -> tuple[str, str, str]:

@@ -74,7 +74,7 @@ class Sample:
     think_count: int
     answer_count: int
     forced_end: bool
-    seconds: float  # from its insertion into a slot to its end
+    seconds: float  # from its insertion into a slot to its end, compilation left out
     steered: np.ndarray | None = None  # hybrid decoding: [n] bool, the two greedy tokens differed
     latents: np.ndarray | None = None  # [n] int32 latent picked at each token
     coefficients: np.ndarray | None = None  # [n] int32 index of the coefficient emitted, -1 none
@@ -82,7 +82,9 @@ class Sample:
 
 @dataclasses.dataclass
 class Stats:
-    """What a run did: slot occupancy = generated tokens / slot-steps."""
+    """What a run did: slot occupancy = generated tokens / slot-steps; `compile_seconds`: time
+    spent tracing and compiling programs (calls return once dispatched, so a call that compiled
+    took that long) and setting up the slots and the weights' layouts."""
 
     slots: int = 0
     kv_bytes_per_slot: int = 0
@@ -91,6 +93,7 @@ class Stats:
     tokens: int = 0
     prefills: int = 0
     prefilled_rows: int = 0
+    compile_seconds: float = 0.0
 
     @property
     def occupancy(self) -> float:
@@ -288,6 +291,7 @@ class Engine:
         self.stats.slots = slots
         self.stats.kv_bytes_per_slot = kv_bytes_per_slot(self.cfg, length, self.dtype)
         queue_width = tok.end_seq.shape[0]
+        t0 = time.perf_counter()  # setting up: the empty slots and the weights' layouts
         state = empty_slots(self.cfg, slots, length, new, queue_width, self.dtype)
         steer = None
         if self.hybrid is not None:
@@ -296,7 +300,8 @@ class Engine:
             base_length = self.cache_length(requests, base=True)
             state = state.replace(hybrid=self.hybrid.empty(slots, base_length, new))
             steer = self.hybrid.steer(slots)
-        decoding = self.decoding(slots)
+        decoding = jax.block_until_ready(self.decoding(slots))
+        self.stats.compile_seconds += time.perf_counter() - t0
         waiting = collections.deque(range(len(requests)))  # not yet prefilled
         ready: collections.deque = collections.deque()  # (request, j, prefill, row)
         occupant: list[tuple[int, int, float] | None] = [None] * slots
@@ -309,11 +314,11 @@ class Engine:
                 if not ready:
                     break
                 r, j, prefix, row = ready.popleft()
-                state = insert(state, prefix, row, slot, *self._row(requests[r], j))
-                occupant[slot] = (r, j, time.perf_counter())
+                state = self._call(insert, state, prefix, row, slot, *self._row(requests[r], j))
+                occupant[slot] = (r, j, self._clock())
             graphdef, params, head = decoding
-            steps, state = sampler.run_steps(
-                graphdef, params, state, tok, pad, jnp.int32(new),
+            steps, state = self._call(
+                sampler.run_steps, graphdef, params, state, tok, pad, jnp.int32(new),
                 jnp.bool_(bool(waiting or ready)), head, self.mesh, steer,
             )  # fmt: skip
             done = np.asarray(to_host(state.done))
@@ -326,9 +331,23 @@ class Engine:
                 for slot in ended:
                     r, j, t0 = occupant[slot]
                     occupant[slot] = None
-                    sample = _sample(host, slot, r, j, time.perf_counter() - t0)
+                    sample = _sample(host, slot, r, j, self._clock() - t0)
                     self.stats.tokens += len(sample.tokens)
                     yield sample
+
+    def _clock(self) -> float:
+        """Seconds that leave out compilation: a sample's time runs on this clock."""
+        return time.perf_counter() - self.stats.compile_seconds
+
+    def _call(self, fn, *args):
+        """fn(*args), its tracing and compiling (if it did) counted in `compile_seconds`, which a
+        sample's seconds leave out."""
+        before = sum(sampler.TRACE_COUNT.values())
+        t0 = time.perf_counter()
+        out = fn(*args)
+        if sum(sampler.TRACE_COUNT.values()) != before:
+            self.stats.compile_seconds += time.perf_counter() - t0
+        return out
 
     def _prefill(self, requests, waiting: collections.deque):
         """Prefills the next MAX_PREFILL_ROWS requests (fewer at the end of the queue) in one
@@ -341,12 +360,13 @@ class Engine:
         tokens, valid = left_pad(prompts, self.pad_id)
         hybrid = self.hybrid
         capture = None if hybrid is None else hybrid.steering.sae_layer
-        prefix = prefill(self.graphdef, self.params, tokens, valid, capture)
+        prefix = self._call(prefill, self.graphdef, self.params, tokens, valid, capture)
         if hybrid is not None:  # the base model's prompts, its steering block captured
             bases = [list(requests[r].base_prompt) for r in picked]
             bases += [bases[-1]] * (rows - len(picked))
             tokens, valid = left_pad(bases, self.pad_id)
-            prefix = (prefix, prefill(*hybrid.split, tokens, valid, hybrid.steering.layer))
+            base = self._call(prefill, *hybrid.split, tokens, valid, hybrid.steering.layer)
+            prefix = (prefix, base)
         self.stats.prefills += 1
         self.stats.prefilled_rows += len(picked)
         return [(r, j, prefix, row) for row, r in enumerate(picked) for j in requests[r].samples]

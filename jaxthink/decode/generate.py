@@ -52,7 +52,7 @@ class Generation:
     confidence: float  # self-certainty, mean over the response tokens
     finish_reason: str  # "eos", "stop" or "length"
     budget_forced: bool  # budget forcing closed the thinking
-    seconds: float  # from the sample's start in a decode slot to its end
+    seconds: float  # from the sample's start in a decode slot to its end, compilation left out
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -69,6 +69,7 @@ class _Context:
     ends_row: np.ndarray  # [V] bool: the ids that end a response (eos and stop tokens)
     end_think: int
     pad_id: int  # the tokenizer's pad (its eos if it has none)
+    stats: engine.Stats  # the engine run's statistics (compilation time, occupancy, ...)
 
     def generation(self, p: int, sample) -> Generation:
         """A finished engine `Sample` of prompt `p` as a `Generation`."""
@@ -131,6 +132,11 @@ class Generations(Sequence[Generation]):
             column("seconds", np.float64), prompt_index, column("index", np.int32),
             context.pad_id, context,
         )  # fmt: skip
+
+    @property
+    def stats(self) -> engine.Stats:
+        """The engine run's statistics: slots, occupancy, `compile_seconds`, ..."""
+        return self.context.stats
 
     @property
     def confidence(self) -> np.ndarray:
@@ -335,11 +341,11 @@ def _start(
     ]
     tok = policy_tokens(tokenizer, opts, cfg.vocab_size, stop_tokens)
     ends_row = np.asarray(tok.eos) | np.asarray(tok.stop)
+    runner = engine.Engine(model, tokenizer.pad_token_id or 0)
     context = _Context(
         tokenizer, req.questions, [list(ids) for ids in encoded], req.modes, ends_row,
-        int(tok.end_think), control_tokens(tokenizer).pad,
+        int(tok.end_think), control_tokens(tokenizer).pad, runner.stats,
     )  # fmt: skip
-    runner = engine.Engine(model, tokenizer.pad_token_id or 0)
     return context, runner.run(requests, tok, settings.slots)
 
 

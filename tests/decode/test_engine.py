@@ -1,5 +1,7 @@
 """Continuous batching: slots fed from a queue give every request the tokens it gets alone."""
 
+import time
+
 import jax
 import numpy as np
 import pytest
@@ -196,3 +198,17 @@ def test_the_batch_one_layout_is_kept_until_the_weights_change(demo_like):
         assert not any(a is b for a in old for b in jax.tree.leaves(again[1]))  # all new
     finally:
         nnx.update(model, before)  # the fixture's weights back for the other tests
+
+
+def test_compilation_is_counted_apart_from_the_samples_time(demo_like):
+    """A first run compiles: its time is in stats.compile_seconds and not in the samples'
+    seconds; a second run of the same shapes compiles nothing."""
+    model, tokenizer = demo_like
+    jax.clear_caches()
+    t0 = time.perf_counter()
+    first = jaxthink.generate(model, tokenizer, ["12+7", "23*47"], "think", max_new_tokens=16)
+    wall = time.perf_counter() - t0
+    assert first.stats.compile_seconds > 0.1
+    assert max(first.seconds) <= wall - first.stats.compile_seconds
+    again = jaxthink.generate(model, tokenizer, ["12+7", "23*47"], "think", max_new_tokens=16)
+    assert again.stats.compile_seconds < first.stats.compile_seconds / 4
