@@ -69,7 +69,8 @@ class _Context:
     ends_row: np.ndarray  # [V] bool: the ids that end a response (eos and stop tokens)
     end_think: int
     pad_id: int  # the tokenizer's pad (its eos if it has none)
-    stats: engine.Stats  # the engine run's statistics (compilation time, occupancy, ...)
+    # the engine run's statistics (compilation time, occupancy, ...)
+    stats: engine.Stats = dataclasses.field(default_factory=engine.Stats)
 
     def generation(self, p: int, sample) -> Generation:
         """A finished engine `Sample` of prompt `p` as a `Generation`."""
