@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -135,8 +136,10 @@ def train_sae_run(cfg: SAERunConfig, log=print) -> dict:
     run_dir = Path(cfg.run_dir)
     kept = run_dir / "traces.jsonl"
     held = "its traces" if kept.is_file() else None
-    if claim_run_dir(cfg, held, OUTPUTS):
+    if claim_run_dir(cfg, held, OUTPUTS):  # starting over: the grid's SAEs go too
         held = None
+        for layer_dir in run_dir.glob("layer*"):
+            shutil.rmtree(layer_dir)
     model, tokenizer, model_cfg = jaxthink.load(cfg.model)
     for layer in cfg.layers:
         if not 0 <= layer < model_cfg.num_layers:

@@ -162,6 +162,10 @@ def test_stages_end_to_end_into_the_hybrid_cli(tmp_path, capsys):
         train_main(["sae", f"model={thinking}", f"traces={traces}", "layers=2", "latents=3",
                     "min_words=1", "sae.max_epochs=5", f"run_dir={sae_run}"])  # fmt: skip
     assert "latents: [3, 4] -> [3]" in capsys.readouterr().err
+    train_main(["sae", f"model={thinking}", f"traces={traces}", "layers=2", "latents=3",
+                "min_words=1", "sae.max_epochs=5", f"run_dir={sae_run}", "on_change=restart"])  # fmt: skip
+    assert not (sae_run / "layer2" / "n4").exists()  # starting over removed the grid's SAEs
+    assert "resumed" not in capsys.readouterr().out
     steer = ["steer", f"model={base_dir}", f"sae_run={sae_run}", "sae_layer=2", "latents=3",
              "layer=1"]  # fmt: skip
     train_main(steer + ["method=mean_diff", f"run_dir={tmp_path / 'mean_diff'}"])
