@@ -85,7 +85,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
 def config_class(command: str):
     from jaxthink.hybrid.sae_run import SAERunConfig
     from jaxthink.hybrid.steer_run import SteerRunConfig
-    from jaxthink.runs.config import RLConfig, SFTConfig
+    from jaxthink.rl.config import RLConfig
+    from jaxthink.sft.config import SFTConfig
 
     return {"sft": SFTConfig, "rl": RLConfig, "sae": SAERunConfig, "steer": SteerRunConfig}[command]
 

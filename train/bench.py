@@ -111,7 +111,7 @@ class Memory:
 
 
 def rl_config(args, model: list[str], run_dir: str):
-    from jaxthink.runs.config import RLConfig
+    from jaxthink.rl.config import RLConfig
     from jaxthink.runs.config_file import load_config
 
     loss = [] if args.kl_coef is None else [f"loss.kl_coef={args.kl_coef}"]
@@ -137,8 +137,7 @@ def rl_config(args, model: list[str], run_dir: str):
 
 def step_prompts(args) -> list[list[dict]]:
     """The records of every step (warm-up first), as both trainers get them."""
-    from jaxthink.data.records import prompt_batches, read_records
-    from jaxthink.runs.config import DataSource
+    from jaxthink.data.records import DataSource, prompt_batches, read_records
     from jaxthink.runs.config_file import load_config
 
     source = load_config(DataSource, None, [d.removeprefix("data.") for d in DATA])

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import jaxthink
-from jaxthink.data.records import question_of, read_records
+from jaxthink.data.records import DataSource, question_of, read_records
 from jaxthink.hybrid.activations import (
     Trace,
     sentence_activations,
@@ -36,7 +36,7 @@ from jaxthink.hybrid.decoding import thinking_opening
 from jaxthink.hybrid.sae import DEFAULT_LATENTS, SAEConfig, save_sae, train_sae
 from jaxthink.hybrid.sentences import center_and_normalize
 from jaxthink.hybrid.taxonomy import taxonomy_report, write_report
-from jaxthink.runs.config import DataSource, RunDir
+from jaxthink.runs.config import RunDir
 from jaxthink.runs.run import claim_run_dir
 from jaxthink.tokenizer import format_prompt
 

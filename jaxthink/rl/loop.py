@@ -53,10 +53,11 @@ from jaxthink.rl import (
     summarize_terms,
     with_denominators,
 )
+from jaxthink.rl.config import RLConfig
 from jaxthink.rl.losses import LossConfig, token_coefficients, token_loss
 from jaxthink.rl.rollout import Rollout, collect, rollout_metrics
 from jaxthink.runs import run as runlib
-from jaxthink.runs.config import OptimConfig, RLConfig
+from jaxthink.runs.config import OptimConfig
 from jaxthink.runs.logprobs import (
     head_gradients,
     head_surrogate,

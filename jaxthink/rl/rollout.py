@@ -21,8 +21,8 @@ from jaxthink.data.records import question_of
 from jaxthink.decode.generate import GenerateConfig, Generation, Generations, generate
 from jaxthink.eval.grade import grade_many
 from jaxthink.policies.modes import ModeOptions
+from jaxthink.rl.config import RolloutConfig
 from jaxthink.rl.rewards import RewardConfig, thinkless_rewards
-from jaxthink.runs.config import RolloutConfig
 from jaxthink.tokenizer import control_tokens
 
 MIN_WIDTH = 32  # response widths are powers of two from here, so few shapes ever compile

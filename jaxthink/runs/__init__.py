@@ -4,31 +4,23 @@ the final Hugging Face export (checkpoints.py), the starting model (model.py), A
 guarded update (optim.py), where state and batches live on a mesh (mesh.py), chunked log-probs
 (logprobs.py: SFT and RL score sequences with them) and metric logs and plots (logs.py).
 
-The runs themselves: `jaxthink.sft.loop.train_sft`, `jaxthink.rl.loop.train_rl`,
-`jaxthink.hybrid.sae_run.train_sae_run` and `jaxthink.hybrid.steer_run.train_steer_run`.
+Each run lives with its own config: `jaxthink.sft` (config.py `SFTConfig`, loop.py `train_sft`),
+`jaxthink.rl` (config.py `RLConfig`, loop.py `train_rl`) and `jaxthink.hybrid` (sae_run.py,
+steer_run.py).
 """
 
-from jaxthink.runs.config import (
-    DataSource,
-    ModelSpec,
-    OptimConfig,
-    RLConfig,
-    RolloutConfig,
-    SFTConfig,
-)
+from jaxthink.runs.config import ModelSpec, OptimConfig, RunDir, RunFields
 from jaxthink.runs.config_file import ConfigError, load_config
 from jaxthink.runs.run import Interrupted, RunChanged, TrainingStopped
 
 __all__ = [
     "ConfigError",
-    "DataSource",
     "Interrupted",
     "ModelSpec",
     "OptimConfig",
-    "RLConfig",
-    "RolloutConfig",
     "RunChanged",
-    "SFTConfig",
+    "RunDir",
+    "RunFields",
     "TrainingStopped",
     "load_config",
 ]

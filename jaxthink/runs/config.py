@@ -1,33 +1,28 @@
-"""The run configs of `python -m train sft|rl`: typed dataclasses with the reference defaults.
-
-SFT defaults follow the Thinkless warm-up (docs/methods.md section 2: AdamW (0.9, 0.95), weight
-decay 0.1, clip 1.0, 5% warm-up then cosine to 0.1x); RL defaults follow its DeGRPO run (G = 8,
-128 prompts and 2 optimizer updates per step, temperature 0.6, constant lr 1e-6, clip 1.0; the
-loss and reward defaults are `LossConfig` and `RewardConfig` themselves). Load them from YAML with
-`load_config(SFTConfig, path, overrides)` (configfile.py).
+"""What every run's config shares: the model to start from (`ModelSpec`), AdamW and its schedule
+(`OptimConfig`), and the run directory fields (`RunDir`; `RunFields` adds the step loop's: steps,
+save and log intervals, mesh, distributed). Each run's own config composes them: `SFTConfig`
+(jaxthink/sft/config.py), `RLConfig` (jaxthink/rl/config.py), `SAERunConfig` and `SteerRunConfig`
+(jaxthink/hybrid/). Load any of them from YAML with `load_config(cls, path, overrides)`
+(config_file.py).
 
 Every run has a `mesh` (axis sizes data x fsdp x tensor, -1 for "the devices left"; the default
-1 x 1 x 1 is one device, as before meshes) and a `distributed` section (when to join a
-multi-host run: jaxthink.distributed.DistributedConfig).
+1 x 1 x 1 is one device) and a `distributed` section (when to join a multi-host run:
+jaxthink.distributed.DistributedConfig).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from jaxthink.data.records import DataSource
 from jaxthink.distributed import DistributedConfig
-from jaxthink.policies.modes import parse_mode
-from jaxthink.rl.losses import LossConfig
-from jaxthink.rl.rewards import RewardConfig
 from jaxthink.sharding import MeshConfig
 
 SCHEDULES = ("cosine", "constant")
-RESPONSES = ("both", "think", "short")
 DTYPES = ("float32", "bfloat16")
 
 
-def _positive(obj, *names: str) -> None:
+def positive(obj, *names: str) -> None:
+    """Raises ValueError naming the first of `names` whose value on `obj` is not positive."""
     for name in names:
         value = getattr(obj, name)
         if value <= 0:
@@ -63,7 +58,7 @@ class ModelSpec:
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r}; accepted: {', '.join(DTYPES)}")
-        _positive(self, "hidden_size", "intermediate_size", "num_layers", "num_heads")
+        positive(self, "hidden_size", "intermediate_size", "num_layers", "num_heads")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,114 +127,4 @@ class RunFields(RunDir):
 
     def __post_init__(self):
         super().__post_init__()
-        _positive(self, "steps", "save_every", "keep_checkpoints", "log_every")
-
-
-@dataclasses.dataclass(frozen=True)
-class SFTConfig(RunFields):
-    """Supervised warm-up on paired `<think>`/`<short>` responses (or plain responses).
-
-    `responses` picks which of a paired record's responses become samples; `short_repeats`
-    trains each short response that many times per record. Samples are packed
-    into rows of `seq_len` tokens (longer ones truncated); `batch_size` rows per step.
-    """
-
-    model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
-    data: DataSource = dataclasses.field(default_factory=lambda: DataSource(levels=(1,)))
-    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    responses: str = "both"
-    short_repeats: int = 1
-    seq_len: int = 512
-    batch_size: int = 32
-    run_dir: str = "runs/sft"
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.responses not in RESPONSES:
-            raise ValueError(f"responses {self.responses!r}; accepted: {', '.join(RESPONSES)}")
-        _positive(self, "seq_len", "batch_size", "short_repeats")
-
-
-@dataclasses.dataclass(frozen=True)
-class RolloutConfig:
-    """Sampling of one RL step: `group_size` samples of each of `prompts_per_step` prompts,
-    through `slots` decode slots (0: one per sample, within the engine's memory budget)."""
-
-    mode: str = "thinkless"
-    group_size: int = 8
-    prompts_per_step: int = 128
-    temperature: float = 0.6
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 1024
-    slots: int = 0
-
-    def __post_init__(self):
-        parse_mode(self.mode)
-        _positive(self, "group_size", "prompts_per_step", "temperature", "max_new_tokens")
-
-
-def _rl_optim() -> OptimConfig:
-    return OptimConfig(lr=1e-6, schedule="constant", warmup_ratio=0.0, b2=0.999, weight_decay=0.01)
-
-
-RESPONSE_BASELINES = ("group", "mode")
-
-
-@dataclasses.dataclass(frozen=True)
-class RLConfig(RunFields):
-    """On-policy DeGRPO / GRPO rounds: rollout, rewards, advantages, `mini_batches` updates.
-
-    Each step's rows (prompts_per_step * group_size) are shuffled and split into `mini_batches`
-    optimizer updates; each update accumulates gradients over micro-batches of
-    `micro_batch_size` rows (0: the whole mini-batch at once). `normalize_std` divides the
-    group-centred rewards by the group's standard deviation. `response_baseline` is what the
-    response tokens' rewards are measured against: "group" (every sample of the prompt, as the
-    control token and the paper) or "mode" (the prompt's samples in the same mode;
-    jaxthink.rl.mode_advantages).
-    """
-
-    model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
-    data: DataSource = dataclasses.field(default_factory=lambda: DataSource(levels=(1,)))
-    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
-    reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
-    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
-    optim: OptimConfig = dataclasses.field(default_factory=_rl_optim)
-    normalize_std: bool = False
-    response_baseline: str = "group"
-    mini_batches: int = 2
-    micro_batch_size: int = 0
-    steps: int = 200
-    save_every: int = 50
-    log_every: int = 1
-    run_dir: str = "runs/rl"
-
-    def __post_init__(self):
-        super().__post_init__()
-        _positive(self, "mini_batches")
-        if self.response_baseline not in RESPONSE_BASELINES:
-            raise ValueError(
-                f"response_baseline={self.response_baseline!r}: expected one of "
-                f"{RESPONSE_BASELINES}"
-            )
-        rows = self.rollout.prompts_per_step * self.rollout.group_size
-        if rows % self.mini_batches:
-            raise ValueError(
-                f"mini_batches={self.mini_batches} does not divide the {rows} rows of a step "
-                "(rollout.prompts_per_step * rollout.group_size)"
-            )
-        if self.micro_batch_size < 0 or (
-            self.micro_batch_size and (rows // self.mini_batches) % self.micro_batch_size
-        ):
-            raise ValueError(
-                f"micro_batch_size={self.micro_batch_size} must be 0 or divide the mini-batch of "
-                f"{rows // self.mini_batches} rows"
-            )
-
-    @property
-    def rows(self) -> int:
-        return self.rollout.prompts_per_step * self.rollout.group_size
-
-    @property
-    def micro_rows(self) -> int:
-        return self.micro_batch_size or self.rows // self.mini_batches
+        positive(self, "steps", "save_every", "keep_checkpoints", "log_every")

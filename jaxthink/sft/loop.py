@@ -26,12 +26,13 @@ from jaxthink.data.records import read_records
 from jaxthink.distributed import batch_spec
 from jaxthink.models import forward
 from jaxthink.runs import run as runlib
-from jaxthink.runs.config import OptimConfig, SFTConfig
+from jaxthink.runs.config import OptimConfig
 from jaxthink.runs.logprobs import token_logprobs
 from jaxthink.runs.logs import MetricsLog
 from jaxthink.runs.mesh import Layout, run_mesh
 from jaxthink.runs.model import build_model
 from jaxthink.runs.optim import apply_gradients, learning_rate, make_optimizer
+from jaxthink.sft.config import SFTConfig
 from jaxthink.sft.data import sft_batches
 
 CONSOLE_KEYS = ("loss", "accuracy", "grad_norm", "lr", "tokens_per_s")
@@ -111,6 +112,7 @@ def train_sft(cfg: SFTConfig, log=print) -> runlib.TrainState:
         seed=cfg.data.seed,
         which=cfg.responses,
         short_repeats=cfg.short_repeats,
+        worked_share=cfg.worked_share,
         shard=distributed.data_shard(mesh, cfg.batch_size),
     )
     with closing(iter(batches)) as data_iter:

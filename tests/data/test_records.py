@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from jaxthink.data.arithmetic import generate_problems, make_record
-from jaxthink.data.records import prompt_batches, read_records
+from jaxthink.data.records import DataSource, prompt_batches, read_records
 from jaxthink.models import forward
-from jaxthink.runs.config import DataSource, ModelSpec
+from jaxthink.runs.config import ModelSpec
 from jaxthink.runs.model import build_model
 from jaxthink.sft.data import responses_of, sample_pairs, sft_batches, tokenize
 

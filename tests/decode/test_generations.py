@@ -12,8 +12,8 @@ from jaxthink.decode.generate import GenerateConfig, Generations, stream
 from jaxthink.decode.sampler import FINISH_REASONS
 from jaxthink.policies.modes import THINK
 from jaxthink.rl import RewardConfig
+from jaxthink.rl.config import RolloutConfig
 from jaxthink.rl.rollout import collect, response_width
-from jaxthink.runs.config import RolloutConfig
 from jaxthink.tokenizer import control_tokens
 from tests.char_models import char_model
 

@@ -14,8 +14,9 @@ from flax import nnx
 from jaxthink.data.arithmetic import generate_problems
 from jaxthink.decode.sampler import left_pad
 from jaxthink.rl import LossConfig
+from jaxthink.rl.config import RLConfig, RolloutConfig
 from jaxthink.rl.rollout import right_pad
-from jaxthink.runs.config import ModelSpec, OptimConfig, RLConfig, RolloutConfig
+from jaxthink.runs.config import ModelSpec, OptimConfig
 from jaxthink.runs.model import build_model
 from jaxthink.sft.data import sft_batches
 

@@ -16,6 +16,7 @@ from jaxthink.models.config import ModelConfig
 from jaxthink.models.qwen import Qwen
 from jaxthink.rl import LossConfig, loss_denominators, policy_loss
 from jaxthink.rl import loop as rl_module
+from jaxthink.rl.config import RLConfig, RolloutConfig
 from jaxthink.rl.loop import (
     SEQUENCE_KEYS,
     RLSetup,
@@ -28,7 +29,6 @@ from jaxthink.rl.loop import (
 )
 from jaxthink.rl.losses import token_coefficients, token_loss
 from jaxthink.rl.rollout import Rollout
-from jaxthink.runs.config import RLConfig, RolloutConfig
 from jaxthink.runs.logprobs import (
     head_gradients,
     head_surrogate,

@@ -12,6 +12,7 @@ from flax import nnx
 import jaxthink
 from jaxthink.decode.sampler import left_pad
 from jaxthink.rl import LossConfig, RewardConfig, group_advantages, mode_advantages, policy_loss
+from jaxthink.rl.config import RLConfig, RolloutConfig
 from jaxthink.rl.loop import (
     RLSetup,
     accumulate_gradients,
@@ -21,7 +22,7 @@ from jaxthink.rl.loop import (
     training_arrays,
 )
 from jaxthink.rl.rollout import Rollout, response_width, right_pad
-from jaxthink.runs.config import ModelSpec, RLConfig, RolloutConfig
+from jaxthink.runs.config import ModelSpec
 from jaxthink.runs.mesh import Layout
 from jaxthink.runs.model import build_model
 from jaxthink.sharding import MeshConfig, make_mesh

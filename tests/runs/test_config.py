@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from jaxthink.rl import LossConfig
-from jaxthink.runs.config import RLConfig, SFTConfig
+from jaxthink.rl.config import RLConfig
 from jaxthink.runs.config_file import ConfigError, load_config, to_dict
+from jaxthink.sft.config import SFTConfig
 from train.__main__ import main
 
 CONFIGS = Path(__file__).parents[2] / "configs"

@@ -26,12 +26,13 @@ from safetensors.numpy import load_file
 
 import jaxthink
 from jaxthink.data.arithmetic import make_record, write_jsonl
+from jaxthink.rl.config import RLConfig
 from jaxthink.rl.loop import RLSetup, batch_logprobs, train_rl, training_arrays
 from jaxthink.rl.rollout import collect, rollout_metrics
-from jaxthink.runs.config import RLConfig, SFTConfig
 from jaxthink.runs.config_file import load_config
 from jaxthink.runs.logs import read_metrics
 from jaxthink.runs.run import Interrupted, TrainingStopped, commit
+from jaxthink.sft.config import SFTConfig
 from jaxthink.sft.loop import train_sft
 
 REPO = Path(__file__).parents[2]

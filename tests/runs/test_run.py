@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from jaxthink.runs import run as runlib
-from jaxthink.runs.config import SFTConfig
 from jaxthink.runs.config_file import load_config
+from jaxthink.sft.config import SFTConfig
 
 
 class Saved:

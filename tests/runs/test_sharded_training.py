@@ -21,8 +21,9 @@ import pytest
 
 from jaxthink.data.records import record_stream
 from jaxthink.distributed import DistributedConfig, join
-from jaxthink.runs import ConfigError, SFTConfig, load_config
+from jaxthink.runs import ConfigError, load_config
 from jaxthink.runs.logs import MetricsLog
+from jaxthink.sft.config import SFTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Quick XLA:CPU compiles (the programs are tiny); both sides of every comparison use them.
