@@ -6,9 +6,11 @@
     python -m infer --mode hybrid --model THINKING_DIR --base-model BASE_DIR --steering FILE
     python -m infer bench
     python -m infer bench-hybrid
+    python -m infer hybrid-study --out runs/hybrid_study
 
 The commands are subparsers: `generate` (the default, so `python -m infer --mode ...` is
-`python -m infer generate --mode ...`), `bench`, `bench-hybrid` and `bench-slots`. The flags of
+`python -m infer generate --mode ...`), `bench`, `bench-hybrid`, `bench-slots` and
+`hybrid-study`. The flags of
 `generate` become one checked `GenerateCommand` before any model is loaded. Without --model the
 shipped demo model answers. Human output shows the thinking dimmed (colours only on a terminal,
 and never with NO_COLOR set), then the answer, the mode and token counts; --json prints one JSON
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from infer import bench, bench_hybrid, bench_slots, hybrid
+from infer import bench, bench_hybrid, bench_slots, hybrid, hybrid_study
 from jaxthink.decode.generate import GenerateConfig
 from jaxthink.eval import PRESETS
 from jaxthink.policies import Mode, ModeOptions, modes_help, parse_modes
@@ -36,10 +38,11 @@ PROG = "python -m infer"
 DIM, BOLD, RESET = "\033[2m", "\033[1m", "\033[0m"
 DEMO_MAX_NEW, MAX_NEW = 320, 1024  # --max-new-tokens defaults: the demo model, any other
 # The commands beside `generate`: (one-line help, module with add_arguments and run_command)
-BENCHES = {
+COMMANDS = {
     "bench": ("decode speed beside transformers' generate", bench),
     "bench-hybrid": ("cached against uncached hybrid decoding", bench_hybrid),
     "bench-slots": ("continuous batching against a static batch", bench_slots),
+    "hybrid-study": ("the hybrid against its base and thinking models", hybrid_study),
 }
 TORCH = 'pip install torch==2.13.0 (or pip install -e ".[bench]")'
 
@@ -88,13 +91,13 @@ def build_parser() -> Parser:
         help="generate or evaluate with a mode (the default command)",
         description="Generate with a reasoning mode, or with --data evaluate modes on a problem "
         f"set.\nThis is the default command ({PROG} generate ... is the same). The others:\n"
-        + "".join(f"  {name:<14} {text}\n" for name, (text, _) in BENCHES.items())
+        + "".join(f"  {name:<14} {text}\n" for name, (text, _) in COMMANDS.items())
         + f"({PROG} COMMAND --help shows a command's flags)",
         epilog=modes_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_generate_arguments(generate)
-    for name, (text, module) in BENCHES.items():
+    for name, (text, module) in COMMANDS.items():
         sub = commands.add_parser(
             name,
             help=text,
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(command, GenerateCommand):
             _generate(command)
         else:
-            _bench(command)
+            _run_command(command)
     except KeyboardInterrupt:
         exit_interrupted(interrupted(command))
     except ValueError as e:  # every input error jaxthink raises is a ValueError with a message
@@ -276,7 +279,7 @@ def exit_interrupted(message: str) -> NoReturn:
     os._exit(130)
 
 
-def _bench(args: argparse.Namespace) -> None:
+def _run_command(args: argparse.Namespace) -> None:
     if args.command == "bench":
         require_torch("bench", "the bench compares jaxthink with transformers' PyTorch models")
     if args.command == "bench-slots" and "skewed" in args.workload.split(","):
@@ -285,7 +288,7 @@ def _bench(args: argparse.Namespace) -> None:
             "the skewed workload builds its model with transformers' PyTorch classes "
             "(--workload demo needs no torch)",
         )
-    BENCHES[args.command][1].run_command(args)
+    COMMANDS[args.command][1].run_command(args)
 
 
 def require_torch(command: str, why: str) -> None:
@@ -303,9 +306,10 @@ def _generate(command: GenerateCommand) -> None:
 
         problems = load_cli_problems(command)
     t0 = time.perf_counter()
-    model, tokenizer, model_cfg = jaxthink.load(command.model or demo_model_dir())
+    path = command.hybrid.model if command.hybrid else command.model
+    model, tokenizer, model_cfg = jaxthink.load(path or demo_model_dir())
     if not command.json:
-        print(f"loaded {command.model or 'the demo model'} in {time.perf_counter() - t0:.1f}s",
+        print(f"loaded {path or 'the demo model'} in {time.perf_counter() - t0:.1f}s",
               file=sys.stderr)  # fmt: skip
     options = mode_options(command, model_cfg)
     generate_fn = hybrid.load_generate(command.hybrid) if command.hybrid else None

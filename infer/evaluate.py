@@ -30,6 +30,10 @@ def evaluate_cli(
             file=sys.stderr,
         )
     info = {"data": str(command.data), "model": command.model or "demo"}
+    if command.hybrid:  # the pair, the steering file and the grid are settings of the run too
+        h = command.hybrid
+        info.update(model=h.model, base_model=h.base_model, steering=h.steering,
+                    coefficients=list(h.coefficients), ablation=h.ablation)  # fmt: skip
     summary = evaluate(
         model, tokenizer, problems, command.modes, settings, out_dir=command.out,
         options=options, info=info, generate_fn=generate_fn, chat=not command.raw,

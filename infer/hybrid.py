@@ -1,11 +1,13 @@
 """`python -m infer --mode hybrid`: a thinking model steering a base model (docs/methods.md 3).
 
+    python -m infer --mode hybrid --prompt "347*26"        # the shipped demo pair
     python -m infer --mode hybrid --model THINKING_DIR --base-model BASE_DIR \\
         --steering runs/steer/steering.npz --prompt "347*26"
     python -m infer --mode hybrid ... --ablation bias_only --data test.jsonl --out runs/eval_hybrid
 
 `--model` is the thinking model, `--base-model` the base model it steers (the same vocabulary),
-`--steering` the file of `python -m train steer`. Decoding is greedy; the output shows which share
+`--steering` the file of `python -m train steer`; with none of the three, the demo pair shipped in
+the package (`jaxthink/demo_pair`: thinking/, base/, steering.npz). Decoding is greedy; the output shows which share
 of the tokens were steered. With `--data` the evaluation runner grades the hybrid like any mode.
 """
 
@@ -19,9 +21,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class HybridSettings:
-    """What `--mode hybrid` adds to a request: the base model it steers, the steering file, the
-    steering coefficients to choose from and the ablation."""
+    """What `--mode hybrid` adds to a request: the thinking model, the base model it steers, the
+    steering file, the steering coefficients to choose from and the ablation."""
 
+    model: str
     base_model: str
     steering: str
     coefficients: tuple[float, ...]
@@ -53,9 +56,15 @@ def settings_of(args) -> HybridSettings | None:
         return None
     if args.mode != ["hybrid"]:
         raise ValueError("--mode hybrid runs alone: give it as the only --mode")
-    if not args.base_model or not args.steering:
+    paths = (args.model, args.base_model, args.steering)
+    if not any(paths):
+        from jaxthink.loading import demo_pair_dir
+
+        pair = demo_pair_dir()
+        paths = (str(pair / "thinking"), str(pair / "base"), str(pair / "steering.npz"))
+    elif not args.base_model or not args.steering:
         raise ValueError("--mode hybrid needs --base-model DIR and --steering FILE")
-    if args.model is None:
+    elif args.model is None:
         raise ValueError("--mode hybrid needs --model THINKING_DIR (the thinking model)")
     if args.temperature != 0 or args.n != 1:
         raise ValueError("--mode hybrid decodes greedily: use --temperature 0 and --n 1")
@@ -68,34 +77,18 @@ def settings_of(args) -> HybridSettings | None:
         raise ValueError(f"--coefficients {text!r}: expected numbers like 0.5,1.0") from None
     if not grid:
         raise ValueError("--coefficients: give at least one coefficient")
-    return HybridSettings(args.base_model, args.steering, tuple(grid), args.ablation)
-
-
-def generate_fn(base_model, base_tokenizer, steering, coefficients, ablation):
-    """A `jaxthink.generate`-shaped function running the hybrid (for the evaluation runner)."""
-    from jaxthink.hybrid.decoding import hybrid_generate
-
-    def generate(model, tokenizer, prompts, mode, *, n=1, max_new_tokens=512, temperature=0.0,
-                 seed=0, slots=None, progress=None, chat=True, **_):  # fmt: skip
-        if n != 1 or temperature != 0:
-            raise ValueError("hybrid decoding is greedy: n must be 1 and temperature 0")
-        return hybrid_generate(
-            model, base_model, tokenizer, prompts, steering, base_tokenizer=base_tokenizer,
-            coefficients=coefficients, ablation=ablation, max_new_tokens=max_new_tokens,
-            seed=seed, slots=slots, progress=progress, chat=chat,
-        )  # fmt: skip
-
-    return generate
+    return HybridSettings(*paths, tuple(grid), args.ablation)
 
 
 def load_generate(settings: HybridSettings):
-    """`generate_fn` with the base model and steering file of `settings` loaded."""
+    """`hybrid_generate_fn` with the base model and steering file of `settings` loaded."""
     import jaxthink
+    from jaxthink.hybrid.decoding import hybrid_generate_fn
     from jaxthink.hybrid.vectors import load_steering
 
     base_model, base_tokenizer, _ = jaxthink.load(settings.base_model)
     steering = load_steering(settings.steering)
-    return generate_fn(
+    return hybrid_generate_fn(
         base_model, base_tokenizer, steering, settings.coefficients, settings.ablation
     )
 

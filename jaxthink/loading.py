@@ -43,6 +43,19 @@ def load(
     return model, tok, cfg
 
 
+def demo_pair_dir() -> Path:
+    """The demo's hybrid pair shipped inside the package: `base/` (a base model that has seen
+    worked solutions but answers directly), `thinking/` (that base distilled on thinking traces)
+    and `steering.npz` (their steering vectors and SAE); configs/demo/ makes all three."""
+    path = Path(__file__).parent / "demo_pair"
+    if not (path / "steering.npz").is_file():
+        raise CheckpointError(
+            f"{path}: the demo pair is not in this installation; give --model THINKING_DIR "
+            "--base-model BASE_DIR --steering FILE"
+        )
+    return path
+
+
 def demo_model_dir() -> Path:
     """The demo reasoner shipped inside the package (a tiny model jaxthink trained itself)."""
     path = Path(__file__).parent / "demo_model"

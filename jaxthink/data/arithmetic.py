@@ -302,6 +302,12 @@ def short_response(record: dict) -> str:
     return SHORT + record["short"]
 
 
+def worked_response(record: dict) -> str:
+    """The trace written out as a plain solution, then the answer: trace + `\\boxed{answer}`, no
+    tags (a base model's pretraining text: it has seen worked solutions, never `<think>`)."""
+    return record["think"] + record["short"]
+
+
 # --- split and generation ----------------------------------------------------------------------
 
 

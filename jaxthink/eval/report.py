@@ -65,7 +65,16 @@ def mode_metrics(problem_rows: Rows) -> dict:
         "parallel_latency": float(np.mean(parallel_latency(lengths))),
         "truncated": accuracy((np.array(column("finish_reason")) == "length").ravel()),
         "budget_forced": accuracy(np.array(column("budget_forced"), dtype=bool).ravel()),
+        **_steered(problem_rows, lengths),
     }
+
+
+def _steered(problem_rows: Rows, lengths: np.ndarray) -> dict:
+    """Hybrid samples: the steered share of all their generated tokens."""
+    if not problem_rows or "steered_fraction" not in problem_rows[0][0]:
+        return {}
+    fractions = np.array([[row["steered_fraction"] for row in rows] for rows in problem_rows])
+    return {"steered_fraction": float((fractions * lengths).sum() / max(lengths.sum(), 1))}
 
 
 def summarize(rows_by_mode: dict[str, Rows], run: dict | None = None) -> dict:
@@ -244,7 +253,7 @@ def curve_styles(curves: dict[str, list[float]]) -> dict[str, dict]:
     return styles
 
 
-def _legend_outside(ax, **kw) -> None:
+def legend_outside(ax, **kw) -> None:
     """The legend to the right of the axes, never over the data."""
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kw)
 
@@ -295,8 +304,8 @@ def plot_pass_at_k(summary: dict, path: str | Path) -> Path:
     for ax in (by_k, by_tokens):
         ax.set_ylim(-2, 104)
         ax.grid(alpha=0.3)
-    _legend_outside(by_tokens, fontsize="small")
-    return _save(fig, path)
+    legend_outside(by_tokens, fontsize="small")
+    return save_figure(fig, path)
 
 
 def plot_pareto(summary: dict, path: str | Path) -> Path:
@@ -327,8 +336,8 @@ def plot_pareto(summary: dict, path: str | Path) -> Path:
         title=f"Accuracy vs tokens ({summary['problems']} problems, n = {summary['n']})",
     )
     ax.grid(alpha=0.3)
-    _legend_outside(ax, title="mode", fontsize="small")
-    return _save(fig, path)
+    legend_outside(ax, title="mode", fontsize="small")
+    return save_figure(fig, path)
 
 
 def _mode_families(modes: dict) -> dict[str, list[tuple[str, dict]]]:
@@ -343,7 +352,7 @@ def _mode_families(modes: dict) -> dict[str, list[tuple[str, dict]]]:
     }
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     fig.savefig(path, dpi=120)
     return path

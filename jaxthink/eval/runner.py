@@ -311,6 +311,13 @@ def _claim_run(path: Path, settings: dict, info: dict) -> dict:
             for key in SAMPLE_SETTINGS
             if before.get(key, SETTING_DEFAULTS.get(key)) != settings[key]
         ]
+        # what made the samples, beside the sampling settings (the model; the hybrid's pair,
+        # steering file and grid); the data file may move, its problems are checked row by row
+        changed += [
+            f"{key}={before[key]!r} (now {info[key]!r})"
+            for key in info.keys() & before.keys() - {"data"}
+            if before[key] != info[key]
+        ]
         if changed:
             raise ValueError(
                 f"{path.parent} holds an evaluation run with other settings: {', '.join(changed)}; "

@@ -382,13 +382,15 @@ def hybrid_generate(
     batch_size: int | None = None,
     chat: bool = True,
     prefill_text: str | None = None,
+    base_prefill_text: str = "",
     progress=None,
 ) -> list[HybridGeneration]:
     """Greedy hybrid decoding of `prompts` by the thinking `model` and the steered `base_model`.
 
-    Each prompt is formatted with each model's chat template (`chat=False`: used as given) and
-    followed by `prefill_text`, by default the thinking model's opening of a thinking block
-    (`thinking_opening`). `ablation`: "none", "bias_only" or "random_latent", whose draws for
+    Each prompt is formatted with each model's chat template (`chat=False`: used as given). The
+    thinking model's prompt goes on with `prefill_text`, by default its opening of a thinking
+    block (`thinking_opening`); the base model's with `base_prefill_text`, by default nothing:
+    the base is prompted as it is prompted alone, so coefficient 0 gives its own greedy tokens. `ablation`: "none", "bias_only" or "random_latent", whose draws for
     prompt p come from `seed` (one, or one per prompt) as `jaxthink.generate` keys its samples.
     The prompts run through the slot engine (`slots`, formerly `batch_size`: as in `generate`);
     results come in prompt order; `steered_fraction` is the share of steered tokens.
@@ -413,8 +415,11 @@ def hybrid_generate(
     check_pair(model, base_model, tokenizer, base_tokenizer, steering)
     opening = thinking_opening(tokenizer) if prefill_text is None else prefill_text
     encoded = {}
-    for name, tok, m in (("thinking", tokenizer, model), ("base", base_tokenizer, base_model)):
-        texts = [(format_prompt(tok, q) if chat else q) + opening for q in prompts]
+    for name, tok, m, after in (
+        ("thinking", tokenizer, model, opening),
+        ("base", base_tokenizer, base_model, base_prefill_text),
+    ):
+        texts = [(format_prompt(tok, q) if chat else q) + after for q in prompts]
         encoded[name] = encode_prompts(tok, texts)
         for i, ids in enumerate(encoded[name]):
             if len(ids) + max_new_tokens > m.cfg.max_position_embeddings:
@@ -438,6 +443,23 @@ def hybrid_generate(
         if progress is not None:
             progress(1)
     return results
+
+
+def hybrid_generate_fn(base_model, base_tokenizer, steering, coefficients, ablation="none"):
+    """A `jaxthink.generate`-shaped function running the hybrid with this base model and steering
+    (the evaluation runner's `generate_fn`); the thinking model is the one it is called with."""
+
+    def generate(model, tokenizer, prompts, mode, *, n=1, max_new_tokens=512, temperature=0.0,
+                 seed=0, slots=None, progress=None, chat=True, **_):  # fmt: skip
+        if n != 1 or temperature != 0:
+            raise ValueError("hybrid decoding is greedy: n must be 1 and temperature 0")
+        return hybrid_generate(
+            model, base_model, tokenizer, prompts, steering, base_tokenizer=base_tokenizer,
+            coefficients=coefficients, ablation=ablation, max_new_tokens=max_new_tokens,
+            seed=seed, slots=slots, progress=progress, chat=chat,
+        )  # fmt: skip
+
+    return generate
 
 
 def _to_generation(tokenizer, prompt, prompt_ids, sample: Sample, control, coefficients):

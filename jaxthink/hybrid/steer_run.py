@@ -2,7 +2,7 @@
 
     SAE run (traces.jsonl, sentences.jsonl, layer{S}/vectors.npz, layer{S}/n{n}/sae.npz)
       --clusters = argmax of the SAE's `pre` per sentence-->
-    base model over the same traces (its own chat template + the thinking opening)
+    base model over the same traces (its own chat prompt, the thinking text right after it)
       --optimized: bias on whole traces, then one vector per cluster (train_vectors.py)
         mean_diff: cluster mean minus overall mean of the base model's sentence vectors-->
     run_dir/steering.npz (vectors, their layer and norms, and the SAE that picks them)
@@ -28,7 +28,6 @@ from jaxthink.hybrid.activations import (
     sentence_activations,
     tokenize_trace,
 )
-from jaxthink.hybrid.decoding import thinking_opening
 from jaxthink.hybrid.sae import assign_clusters, load_sae
 from jaxthink.hybrid.sae_run import run_dir_files
 from jaxthink.hybrid.train_vectors import (
@@ -111,9 +110,10 @@ def train_steer_run(cfg: SteerRunConfig, log=print):
         raise ValueError(
             f"layer {cfg.layer}: the base model has blocks 0..{model_cfg.num_layers - 1}"
         )
-    opening = thinking_opening(tokenizer)
+    # The base model reads the traces as hybrid decoding prompts it: its plain chat prompt, the
+    # thinking text right after it (no thinking block opened).
     traces = [
-        Trace(format_prompt(tokenizer, r["question"]) + opening, r["thinking"], r["question"])
+        Trace(format_prompt(tokenizer, r["question"]), r["thinking"], r["question"])
         for r in records
     ]
     n = cfg.latents

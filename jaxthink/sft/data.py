@@ -2,7 +2,8 @@
 
 A paired record `{prompt, think, short}` gives two samples (Thinkless warm-up):
 `<think>` + think + `</think>` + short, and `<short>` + short; a record `{prompt, response}` gives
-one. The prompt is the checkpoint's chat template around the question, ending at the assistant
+one. `which="plain"` trains a base model instead: the worked solution (trace + short, no tags) and
+the direct answer (short alone), neither with a control token. The prompt is the checkpoint's chat template around the question, ending at the assistant
 tag, so the first response token is the control token. Every response ends with the EOS token.
 The loss covers the response tokens only, control token and EOS included (the repeats of a short
 response, `short_repeats`, leave the control token out).
@@ -19,7 +20,7 @@ import grain
 import numpy as np
 from grain.experimental import FirstFitPackIterDataset, ThreadPrefetchIterDataset
 
-from jaxthink.data.arithmetic import short_response, think_response
+from jaxthink.data.arithmetic import short_response, think_response, worked_response
 from jaxthink.data.records import IN_ORDER, record_stream
 from jaxthink.tokenizer import (
     SHORT,
@@ -32,12 +33,14 @@ from jaxthink.tokenizer import (
 
 
 def responses_of(record: dict, which: str = "both", short_repeats: int = 1) -> list[str]:
-    """The response texts a record trains: its `response`, or its think and/or short pair, the
-    short one `short_repeats` times (its few tokens would otherwise get little of the loss; the
+    """The response texts a record trains: its `response`, or its think and/or short pair (or,
+    `plain`, its worked solution and direct answer), the short one `short_repeats` times (its few tokens would otherwise get little of the loss; the
     repeats train the answer but not the control token, see `sample_pairs`)."""
     if "response" in record:
         return [record["response"]]
     if "think" in record and "short" in record:
+        if which == "plain":
+            return [worked_response(record), *[record["short"]] * short_repeats]
         pair = {"think": think_response(record), "short": short_response(record)}
         shorts = [pair["short"]] * short_repeats
         return {"both": [pair["think"], *shorts], "think": [pair["think"]], "short": shorts}[which]
@@ -48,19 +51,25 @@ def responses_of(record: dict, which: str = "both", short_repeats: int = 1) -> l
 
 
 def sample_pairs(
-    records: list[dict], which: str = "both", short_repeats: int = 1
+    records: list[dict], which: str = "both", short_repeats: int = 1, worked_share: float = 1.0
 ) -> list[tuple[str, str, bool]]:
     """(question, response, trains_control) for every sample of every record, records in order.
 
     A repeated response (`short_repeats`) does not train its control token, so the SFT policy's
-    choice between `<think>` and `<short>` stays at the records' own mix.
+    choice between `<think>` and `<short>` stays at the records' own mix. With `plain`, the
+    worked solutions of `worked_share` of the records (evenly spread) train their first token:
+    the base model reads every solution but opens one by itself that much less often than it
+    answers directly.
     """
     pairs = []
     for i, record in enumerate(records):
         if "prompt" not in record:
             raise ValueError(f"SFT record {i} has keys {sorted(record)}; 'prompt' is required")
         responses = responses_of(record, which, short_repeats)
-        pairs += [(record["prompt"], r, r not in responses[:j]) for j, r in enumerate(responses)]
+        trains = [r not in responses[:j] for j, r in enumerate(responses)]
+        if which == "plain" and "response" not in record:
+            trains[0] = int((i + 1) * worked_share) > int(i * worked_share)
+        pairs += [(record["prompt"], r, t) for r, t in zip(responses, trains, strict=True)]
     return pairs
 
 
@@ -105,6 +114,7 @@ def sft_batches(
     seed: int,
     which: str = "both",
     short_repeats: int = 1,
+    worked_share: float = 1.0,
     prefetch: int = 2,
     shard: tuple[int, int] = (0, 1),
 ) -> grain.IterDataset:
@@ -115,7 +125,7 @@ def sft_batches(
     `jaxthink.distributed.data_shard`). `prefetch` batches are prepared ahead on a thread; the
     iterator's state still counts only consumed batches.
     """
-    pairs = sample_pairs(records, which, short_repeats)
+    pairs = sample_pairs(records, which, short_repeats, worked_share)
     check_control_tokens(tokenizer, [response for _, response, _ in pairs[:100]])
     if batch_size % shard[1]:
         raise ValueError(f"batch_size={batch_size} does not split into {shard[1]} data shares")

@@ -20,6 +20,7 @@ from infer import bench, bench_slots, cli
 from infer.hybrid import HybridSettings
 from jaxthink import GenerateConfig
 from jaxthink.hybrid.decoding import DEFAULT_COEFFICIENTS
+from jaxthink.loading import demo_pair_dir
 from jaxthink.policies import Mode
 from train.__main__ import COMMANDS
 from train.__main__ import main as train_main
@@ -65,7 +66,7 @@ def test_the_flags_become_one_checked_command():
 def test_hybrid_flags_become_hybrid_settings():
     hybrid = ["--mode", "hybrid", "--model", "T", "--base-model", "B", "--steering", "s.npz"]
     command = cli.parse_args([*hybrid, "--coefficients", "0.5,1", "--ablation", "bias_only"])
-    assert command.hybrid == HybridSettings("B", "s.npz", (0.5, 1.0), "bias_only")
+    assert command.hybrid == HybridSettings("T", "B", "s.npz", (0.5, 1.0), "bias_only")
     assert command.modes == (Mode("hybrid"),)
     assert cli.parse_args(hybrid).hybrid.coefficients == tuple(DEFAULT_COEFFICIENTS)
 
@@ -324,3 +325,20 @@ def test_an_evaluation_records_how_prompts_were_written(tmp_path):
     with pytest.raises(SystemExit) as exit_:  # another prompt format: not the same run
         cli.main([*run, "--raw"])
     assert "system='Be brief.' (now None)" in str(exit_.value.code)
+
+
+def test_hybrid_with_no_flags_runs_the_shipped_pair(capsys):
+    pair = demo_pair_dir()
+    command = cli.parse_args(["--mode", "hybrid"])
+    assert command.hybrid == HybridSettings(
+        str(pair / "thinking"), str(pair / "base"), str(pair / "steering.npz"),
+        tuple(DEFAULT_COEFFICIENTS),
+    )  # fmt: skip
+    cli.main(["--mode", "hybrid", "--prompt", "23*47", "--max-new-tokens", "8"])
+    out = capsys.readouterr().out
+    assert "steered" in out and "1 samples, 8 tokens" in out
+
+
+def test_hybrid_flags_are_all_or_none():
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--mode", "hybrid", "--base-model", "B"])

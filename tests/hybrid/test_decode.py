@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import jaxthink
 from jaxthink.decode import sampler
 from jaxthink.hybrid.decoding import choose, hybrid_generate, run_hybrid
 from jaxthink.hybrid.reference import hybrid_reference
@@ -45,8 +46,8 @@ def random_steering(e=64, n=5, seed=0, layer=1, sae_layer=2):
     )
 
 
-def prompts(tokenizer):
-    return [tokenizer.encode(f"Q: {q}\nA:<think>") for q in QUESTIONS]
+def prompts(tokenizer, opening="<think>"):
+    return [tokenizer.encode(f"Q: {q}\nA:{opening}") for q in QUESTIONS]
 
 
 @pytest.mark.parametrize("ablation", ["none", "bias_only", "random_latent"])
@@ -151,10 +152,11 @@ def test_generate_front_end(pair, tmp_path):
         max_new_tokens=NEW,
     )  # fmt: skip
     assert [g.prompt for g in out] == list(QUESTIONS)
-    rows = prompts(tokenizer)  # the chat template, then the opening of the thinking block
+    # The thinking model's prompt opens the thinking block; the base model's is its plain one.
+    rows, base_rows = prompts(tokenizer), prompts(tokenizer, opening="")
     keys = [jax.random.fold_in(jax.random.key(0), r) for r in range(len(rows))]  # seed 0's
     samples = run_hybrid(
-        thinking, base, rows, rows, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
+        thinking, base, rows, base_rows, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
         eos_ids=(1,), keys=keys,
     )  # fmt: skip
     for sample, g in zip(samples, out, strict=True):
@@ -238,3 +240,16 @@ def test_mismatched_models_and_files_are_refused(pair):
         call(base, random_steering(), ablation="random")
     with pytest.raises(ValueError, match="coefficients: give at least one"):
         call(base, random_steering(), coefficients=())
+
+
+def test_coefficient_zero_is_the_base_model_alone(pair):
+    """With the one coefficient 0 every candidate is the base model's unsteered greedy token, so
+    the hybrid writes what the base model writes prompted alone (mode plain): the control run."""
+    thinking, base, tokenizer = pair
+    out = hybrid_generate(
+        thinking, base, tokenizer, list(QUESTIONS), random_steering(), coefficients=(0.0,),
+        max_new_tokens=NEW,
+    )  # fmt: skip
+    alone = jaxthink.generate(base, tokenizer, list(QUESTIONS), "plain", max_new_tokens=NEW)
+    assert [g.token_ids for g in out] == [g.token_ids for g in alone]
+    assert any(g.steered_tokens for g in out)  # the models did disagree
