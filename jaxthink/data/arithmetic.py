@@ -83,8 +83,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from jaxthink.data.char_tokenizer import END_THINK, SHORT, THINK
-
 OPS = ("+", "-", "*")
 SPLITS = ("train", "test")
 TEST_PERCENT = 10  # share of all problems (by hash) that belong to the test split
@@ -290,22 +288,6 @@ def make_record(question: str, level: int) -> dict:
         "think": think_text(question),
         "short": boxed(answer),
     }
-
-
-def think_response(record: dict) -> str:
-    """`<think>` + trace + `</think>` + `\\boxed{answer}`."""
-    return THINK + record["think"] + END_THINK + record["short"]
-
-
-def short_response(record: dict) -> str:
-    """`<short>` + `\\boxed{answer}`."""
-    return SHORT + record["short"]
-
-
-def worked_response(record: dict) -> str:
-    """The trace written out as a plain solution, then the answer: trace + `\\boxed{answer}`, no
-    tags (a base model's pretraining text: it has seen worked solutions, never `<think>`)."""
-    return record["think"] + record["short"]
 
 
 # --- split and generation ----------------------------------------------------------------------

@@ -1,5 +1,9 @@
 """Training records: where they come from (`DataSource`: a JSONL/Parquet file or the demo task's
-synthetic problems), read, then streamed through grain.
+synthetic problems), the responses a record trains, read, then streamed through grain.
+
+A record is `{prompt, answer}` for RL and evaluation, plus for SFT either `response` or the
+Thinkless pair `think` (the trace, no tags) and `short` (the direct answer, e.g. `\\boxed{42}`);
+`think_response`, `short_response` and `worked_response` write the pair out as responses.
 
 The stream is the same for SFT samples and RL prompts: shuffled deterministically from a seed
 (a new order every epoch), cut into shares (`shard` = (index, count): share i takes every
@@ -16,6 +20,8 @@ import json
 from pathlib import Path
 
 import grain
+
+from jaxthink.tokenizer import END_THINK, SHORT, THINK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +46,22 @@ class DataSource:
 IN_ORDER = grain.ReadOptions(num_threads=0)
 
 FORMATS = (".jsonl", ".json", ".parquet")
+
+
+def think_response(record: dict) -> str:
+    """`<think>` + trace + `</think>` + `\\boxed{answer}`."""
+    return THINK + record["think"] + END_THINK + record["short"]
+
+
+def short_response(record: dict) -> str:
+    """`<short>` + `\\boxed{answer}`."""
+    return SHORT + record["short"]
+
+
+def worked_response(record: dict) -> str:
+    """The trace written out as a plain solution, then the answer: trace + `\\boxed{answer}`, no
+    tags (a base model's pretraining text: it has seen worked solutions, never `<think>`)."""
+    return record["think"] + record["short"]
 
 
 def read_records(source: DataSource) -> list[dict]:

@@ -20,8 +20,13 @@ import grain
 import numpy as np
 from grain.experimental import FirstFitPackIterDataset, ThreadPrefetchIterDataset
 
-from jaxthink.data.arithmetic import short_response, think_response, worked_response
-from jaxthink.data.records import IN_ORDER, record_stream
+from jaxthink.data.records import (
+    IN_ORDER,
+    record_stream,
+    short_response,
+    think_response,
+    worked_response,
+)
 from jaxthink.tokenizer import (
     SHORT,
     THINK,

@@ -6,6 +6,7 @@ import re
 import pytest
 
 from jaxthink.data import arithmetic as ar
+from jaxthink.data.records import short_response, think_response, worked_response
 
 PER_LEVEL = 2000
 
@@ -104,8 +105,9 @@ def test_multiplication_adds_each_block_into_the_running_total():
 
 def test_responses_wrap_trace_and_answer_in_the_control_tokens():
     record = ar.make_record("9+5", level=1)
-    assert ar.think_response(record) == "<think>9+5+0=14|+|14\n</think>\\boxed{14}"
-    assert ar.short_response(record) == "<short>\\boxed{14}"
+    assert think_response(record) == "<think>9+5+0=14|+|14\n</think>\\boxed{14}"
+    assert short_response(record) == "<short>\\boxed{14}"
+    assert worked_response(record) == "9+5+0=14|+|14\n\\boxed{14}"  # a base model's text
 
 
 def test_records_hold_question_answer_level_and_paired_responses():

@@ -7,6 +7,7 @@ from transformers import AutoTokenizer
 
 from jaxthink.data import arithmetic as ar
 from jaxthink.data.char_tokenizer import build_char_tokenizer
+from jaxthink.data.records import short_response, think_response
 
 FIXED_IDS = {"<pad>": 0, "<eos>": 1, "<unk>": 2, "<think>": 3, "</think>": 4, "<short>": 5}
 
@@ -23,8 +24,8 @@ def tok(tok_dir):
 
 def _texts():
     records = ar.generate_problems(60, seed=0)
-    yield from (ar.think_response(r) + "<eos>" for r in records)
-    yield from (ar.short_response(r) + "<eos>" for r in records)
+    yield from (think_response(r) + "<eos>" for r in records)
+    yield from (short_response(r) + "<eos>" for r in records)
     yield "<think>\nOkay, I think I have finished thinking.\n</think>\n\nFinal Answer: \\boxed{7}"
     yield "3+7+0=10|  \n\nWait, Hmm. Alternatively\n"
 
