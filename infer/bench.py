@@ -48,19 +48,10 @@ import numpy as np
 from infer.bench_slots import _no_control_tokens
 from jaxthink.decode.engine import Engine, Request
 from jaxthink.decode.generate import _to_generation, prompt_key
+from jaxthink.models.shapes import SHAPES as SHAPES_BY_NAME
 from jaxthink.policies.modes import ANSWER, FREE, NO_BUDGET, Mode
 
-SHAPES = {
-    "tiny": dict(
-        vocab_size=512, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-    ),
-    "qwen2.5-0.5b": dict(
-        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-        num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
-        rope_theta=1e6,
-    ),
-}  # fmt: skip
+SHAPES = {name: SHAPES_BY_NAME[name] for name in ("tiny", "qwen2.5-0.5b")}  # what the bench runs
 
 
 def read_bandwidth_gbs(nbytes: int = 1 << 30, repeats: int = 5) -> float:
@@ -130,9 +121,11 @@ def _time_jaxthink(
 
     b = len(prompts)
     sampling = sampler.Sampling(
-        temperature=jnp.zeros((b,)), top_k=jnp.zeros((b,), jnp.int32),
-        top_p=jnp.ones((b,)), keys=jax.random.split(jax.random.key(0), b),
-    )  # fmt: skip
+        temperature=jnp.zeros((b,)),
+        top_k=jnp.zeros((b,), jnp.int32),
+        top_p=jnp.ones((b,)),
+        keys=jax.random.split(jax.random.key(0), b),
+    )
 
     decoding = layout[:2]
 
@@ -178,10 +171,14 @@ def end_to_end(model, prompts: list[list[int]], new_tokens: int):
     empty: no tokenizer). Returns (generations in prompt order, the engine that ran)."""
     mode = Mode("no_think")  # what the rows' (ANSWER, FREE, ...) setup is
     requests = [
-        Request(prompt=ids, key=prompt_key(0, p), mode=(ANSWER, FREE, NO_BUDGET, 0, 0),
-                max_new_tokens=new_tokens)
+        Request(
+            prompt=ids,
+            key=prompt_key(0, p),
+            mode=(ANSWER, FREE, NO_BUDGET, 0, 0),
+            max_new_tokens=new_tokens,
+        )
         for p, ids in enumerate(prompts)
-    ]  # fmt: skip
+    ]
     tok = _no_control_tokens(model.cfg.vocab_size)
     ends_row = np.asarray(tok.eos) | np.asarray(tok.stop)
     end_think = int(tok.end_think)
@@ -234,9 +231,14 @@ def hf_greedy(model, prompts: list[list[int]], new_tokens: int):
         mask[r, width - len(p) :] = 1
     with torch.inference_mode():
         out = model.generate(
-            ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-            do_sample=False, pad_token_id=0, eos_token_id=None,
-        )  # fmt: skip
+            ids,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
     return out[:, width:].numpy()
 
 
@@ -258,8 +260,12 @@ def _mode_rows(b: int, kind: str):
     if kind == "greedy":
         mix = [(ANSWER, FREE, NO_BUDGET, 0)] * b
     else:
-        four = [(THINK, FREE, 32, 0), (THINK, FREE, NO_BUDGET, 2), (PRE, CHOOSE, 64, 0),
-                (ANSWER, FREE, NO_BUDGET, 0)]  # fmt: skip
+        four = [
+            (THINK, FREE, 32, 0),
+            (THINK, FREE, NO_BUDGET, 2),
+            (PRE, CHOOSE, 64, 0),
+            (ANSWER, FREE, NO_BUDGET, 0),
+        ]
         mix = [four[r % 4] for r in range(b)]
     col = lambda j: jnp.array([m[j] for m in mix], jnp.int32)
     return PolicyParams(col(0), col(1), col(2), jnp.zeros((b,), jnp.int32), col(3))
@@ -271,10 +277,15 @@ def _bench_tokens(vocab: int):
 
     none = jnp.zeros(vocab, bool)
     return PolicyTokens(
-        think=jnp.int32(1), end_think=jnp.int32(2), short=jnp.int32(3),
-        end_seq=jnp.array([2, 4, 5], jnp.int32), wait_seq=jnp.array([6, -1, -1], jnp.int32),
-        newline=none.at[7].set(True), eos=none, stop=none,
-    )  # fmt: skip
+        think=jnp.int32(1),
+        end_think=jnp.int32(2),
+        short=jnp.int32(3),
+        end_seq=jnp.array([2, 4, 5], jnp.int32),
+        wait_seq=jnp.array([6, -1, -1], jnp.int32),
+        newline=none.at[7].set(True),
+        eos=none,
+        stop=none,
+    )
 
 
 def run(
@@ -309,16 +320,21 @@ def run(
             floor_ms = weight_bytes / (bandwidth * 1e9) * 1e3
             rows.append(
                 dict(
-                    model=shape, batch=b, params_m=cfg.num_params / 1e6,
-                    jaxthink_tok_s=b / ours, transformers_tok_s=b / theirs,
+                    model=shape,
+                    batch=b,
+                    params_m=cfg.num_params / 1e6,
+                    jaxthink_tok_s=b / ours,
+                    transformers_tok_s=b / theirs,
                     speedup=theirs / ours,
                     e2e_jaxthink_tok_s=b * new_tokens / ours_e2e,
                     e2e_transformers_tok_s=b * new_tokens / theirs_e2e,
-                    e2e_speedup=theirs_e2e / ours_e2e, ms_per_step=ours * 1e3,
-                    floor_ms=floor_ms, vs_floor=ours * 1e3 / floor_ms,
+                    e2e_speedup=theirs_e2e / ours_e2e,
+                    ms_per_step=ours * 1e3,
+                    floor_ms=floor_ms,
+                    vs_floor=ours * 1e3 / floor_ms,
                     mixed_overhead=mixed - 1,
                 )
-            )  # fmt: skip
+            )
             print(_format_row(rows[-1]), flush=True)
     return rows
 
@@ -343,9 +359,14 @@ def _format_row(r: dict) -> str:
 
 # A user's small checkpoint with Qwen's vocabulary: choosing the token is much of its step.
 SAMPLING_SHAPE = dict(
-    vocab_size=151936, hidden_size=128, intermediate_size=512, num_hidden_layers=3,
-    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-)  # fmt: skip
+    vocab_size=151936,
+    hidden_size=128,
+    intermediate_size=512,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    tie_word_embeddings=True,
+)
 SAMPLINGS = {"greedy": (0.0, 1.0), "T=0.6": (0.6, 1.0), "T=0.6 top-p 0.95": (0.6, 0.95)}
 SPREAD_SCALE = 10.0  # the tied embedding's factor for the "spread" model
 
@@ -354,9 +375,11 @@ def _sampling(b: int, temperature: float, top_p: float):
     from jaxthink.decode import sampler
 
     return sampler.Sampling(
-        temperature=jnp.full((b,), temperature), top_k=jnp.zeros((b,), jnp.int32),
-        top_p=jnp.full((b,), top_p), keys=jax.random.split(jax.random.key(0), b),
-    )  # fmt: skip
+        temperature=jnp.full((b,), temperature),
+        top_k=jnp.zeros((b,), jnp.int32),
+        top_p=jnp.full((b,), top_p),
+        keys=jax.random.split(jax.random.key(0), b),
+    )
 
 
 def _time_samplings(graphdef, params, prompts, new_tokens, tok, samplings, repeats, min_seconds):
@@ -402,9 +425,13 @@ def _logit_spread(graphdef, params, prompts, tok) -> dict:
 
 
 def sampling_costs(
-    batch: int, new_tokens: int, prompt_len: int, repeats: int, min_seconds: float = 0.0,
+    batch: int,
+    new_tokens: int,
+    prompt_len: int,
+    repeats: int,
+    min_seconds: float = 0.0,
     shape: dict = SAMPLING_SHAPE,
-) -> list[dict]:  # fmt: skip
+) -> list[dict]:
     """ms per decode step of greedy, T = 0.6 and T = 0.6 with top-p 0.95 rows (all rows alike),
     and each one's ratio to greedy, for two models of `shape`:
 
@@ -438,8 +465,16 @@ def sampling_costs(
             graphdef, params, prompts, new_tokens, tok, samplings, repeats, min_seconds
         )
         for sampling, t, ratio in zip(SAMPLINGS, times, ratios):
-            rows.append(dict(model=name, batch=batch, sampling=sampling, ms_per_step=t * 1e3,
-                             vs_greedy=ratio, **spread))  # fmt: skip
+            rows.append(
+                dict(
+                    model=name,
+                    batch=batch,
+                    sampling=sampling,
+                    ms_per_step=t * 1e3,
+                    vs_greedy=ratio,
+                    **spread,
+                )
+            )
             print(_format_sampling_row(rows[-1]), flush=True)
     return rows
 
@@ -465,13 +500,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3, help="best of at least this many timed runs")
     p.add_argument(
-        "--min-seconds", type=float, default=2.0,
+        "--min-seconds",
+        type=float,
+        default=2.0,
         help="and of as many more as fit in this many seconds per timing",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--sampling", action="store_true",
+        "--sampling",
+        action="store_true",
         help="instead: what sampling costs next to greedy (sampling_costs; batch default 64)",
-    )  # fmt: skip
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,18 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infer.bench import SHAPES, _best_of
+from infer.bench import _best_of
+from jaxthink.models.shapes import SHAPES, demo_shape
 
-DEMO_SHAPE = dict(
-    vocab_size=102,
-    hidden_size=128,
-    intermediate_size=512,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=4,
-    tie_word_embeddings=True,
-)  # fmt: skip  (configs/models/char_demo.yaml)
-BENCH_SHAPES = {"demo": DEMO_SHAPE, "tiny": SHAPES["tiny"]}
+BENCH_SHAPES = {"demo": demo_shape(), "tiny": SHAPES["tiny"]}
 
 
 def make_pair(shape: str, noise: float, seed: int = 0):
@@ -41,10 +33,16 @@ def make_pair(shape: str, noise: float, seed: int = 0):
     from jaxthink.models import ModelConfig, Qwen
 
     cfg = ModelConfig.from_hf(
-        {**BENCH_SHAPES[shape], "architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu",
-         "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "rope_theta": 10000.0},
+        {
+            **BENCH_SHAPES[shape],
+            "architectures": ["Qwen2ForCausalLM"],
+            "hidden_act": "silu",
+            "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 10000.0,
+        },
         source=f"bench shape {shape}",
-    )  # fmt: skip
+    )
     graphdef, params = nnx.split(Qwen(cfg, rngs=nnx.Rngs(seed)))
     leaves, treedef = jax.tree.flatten(params)
     # Matrices at 4x the init spread (0.08, as tests/hf_models.py): greedy text that does not
@@ -103,26 +101,42 @@ def bench(args) -> dict:
     prompt = np.random.default_rng(1).integers(10, cfg.vocab_size, args.prompt_len).tolist()
     coefficients = DEFAULT_COEFFICIENTS
     run = lambda: run_hybrid(
-        thinking, base, [prompt], [prompt], steering, coefficients=coefficients,
-        max_new_tokens=args.new_tokens, eos_ids=(),
-    )  # fmt: skip
+        thinking,
+        base,
+        [prompt],
+        [prompt],
+        steering,
+        coefficients=coefficients,
+        max_new_tokens=args.new_tokens,
+        eos_ids=(),
+    )
     (cached_sample,) = run()  # warm-up: compiles, and lays the weights out for one slot
     cached = _best_of(run, args.repeats)
     warm_reference(thinking, base, steering, args.prompt_len, args.new_tokens)
     t0 = time.perf_counter()
     ref = hybrid_reference(
-        thinking, base, prompt, prompt, steering, coefficients=coefficients,
+        thinking,
+        base,
+        prompt,
+        prompt,
+        steering,
+        coefficients=coefficients,
         max_new_tokens=args.new_tokens,
-    )  # fmt: skip
+    )
     uncached = time.perf_counter() - t0
     same = ref.tokens == cached_sample.tokens.tolist()
     return dict(
-        shape=args.shape, params_m=cfg.num_params / 1e6, new_tokens=args.new_tokens,
-        coefficients=len(coefficients), steered=float(np.mean(ref.steered)),
+        shape=args.shape,
+        params_m=cfg.num_params / 1e6,
+        new_tokens=args.new_tokens,
+        coefficients=len(coefficients),
+        steered=float(np.mean(ref.steered)),
         forwards_per_token=ref.forwards / len(ref.tokens),
-        cached_tok_s=args.new_tokens / cached, uncached_tok_s=args.new_tokens / uncached,
-        speedup=uncached / cached, same_tokens=same,
-    )  # fmt: skip
+        cached_tok_s=args.new_tokens / cached,
+        uncached_tok_s=args.new_tokens / uncached,
+        speedup=uncached / cached,
+        same_tokens=same,
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

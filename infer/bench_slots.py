@@ -42,9 +42,14 @@ from jaxthink.policies.policy import PolicyTokens
 from jaxthink.tokenizer import encode_prompts
 
 QWEN_SMALL = dict(
-    vocab_size=151936, hidden_size=128, intermediate_size=512, num_hidden_layers=3,
-    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-)  # fmt: skip
+    vocab_size=151936,
+    hidden_size=128,
+    intermediate_size=512,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    tie_word_embeddings=True,
+)
 LOGIT_SCALE = 16.0  # logits' std across the vocabulary ~3.5 instead of ~0.2
 
 
@@ -82,11 +87,16 @@ def _skewed(args):
     rng = np.random.default_rng(1)
     lengths = skewed_lengths(args.requests, args.max_new)
     requests = [
-        Request(prompt=rng.integers(10, 150000, rng.integers(8, 40)).tolist(),
-                key=prompt_key(0, i), mode=(2, 0, 2**30, 0, 0), temperature=0.6, top_p=0.95,
-                max_new_tokens=n)
+        Request(
+            prompt=rng.integers(10, 150000, rng.integers(8, 40)).tolist(),
+            key=prompt_key(0, i),
+            mode=(2, 0, 2**30, 0, 0),
+            temperature=0.6,
+            top_p=0.95,
+            max_new_tokens=n,
+        )
         for i, n in enumerate(lengths)
-    ]  # fmt: skip
+    ]
     return model, _no_control_tokens(QWEN_SMALL["vocab_size"]), requests
 
 
@@ -94,12 +104,20 @@ def _no_control_tokens(vocab: int) -> PolicyTokens:
     """A tokenizer side with no thinking or end tokens: rows run to their max_new_tokens."""
     none = jnp.zeros(vocab, bool)
     no_queue = jnp.full((1,), -1, jnp.int32)
-    return PolicyTokens(jnp.int32(-1), jnp.int32(-1), jnp.int32(-1), no_queue, no_queue,
-                        none, none, none)  # fmt: skip
+    return PolicyTokens(
+        jnp.int32(-1), jnp.int32(-1), jnp.int32(-1), no_queue, no_queue, none, none, none
+    )
 
 
-DEMO_MODES = ("think", "no_think", "think_budget=32", "think_budget=64", "think_budget=128",
-              "short", "thinkless")  # the README's demo evaluation  # fmt: skip
+DEMO_MODES = (
+    "think",
+    "no_think",
+    "think_budget=32",
+    "think_budget=64",
+    "think_budget=128",
+    "short",
+    "thinkless",
+)  # the README's demo evaluation
 
 
 def _demo(args):
@@ -114,10 +132,16 @@ def _demo(args):
     for mode in DEMO_MODES:
         req = prepare(tokenizer, questions, mode, opts, True)
         for ids, s in zip(encode_prompts(tokenizer, req.prompts), req.setups, strict=True):
-            requests.append(Request(
-                prompt=ids, key=prompt_key(0, len(requests)), max_new_tokens=256,
-                mode=tuple(getattr(s, f) for f in ("phase", "control", "budget", "grace", "extend")),
-            ))  # fmt: skip
+            requests.append(
+                Request(
+                    prompt=ids,
+                    key=prompt_key(0, len(requests)),
+                    max_new_tokens=256,
+                    mode=tuple(
+                        getattr(s, f) for f in ("phase", "control", "budget", "grace", "extend")
+                    ),
+                )
+            )
     return model, policy_tokens(tokenizer, opts, model.cfg.vocab_size), requests
 
 
@@ -135,7 +159,7 @@ def run_static(model, tok, requests, slots: int):
         pparams, sampling, _, max_new = (
             jax.tree.map(lambda *x: jnp.concatenate([jnp.atleast_1d(a) for a in x]), *items)
             for items in zip(*(Engine._row(r, 0) for r in batch), strict=True)
-        )  # fmt: skip
+        )
         sampling = sampling.replace(keys=jax.vmap(jax.random.fold_in, (0, None))(sampling.keys, 0))
         state = sampler.start(
             graphdef, params, [list(r.prompt) for r in batch], pparams, tok, width
@@ -174,13 +198,20 @@ def measure(name: str, model, tok, requests, slots: int) -> dict:
     tokens = sum(map(len, engine.values()))
     lengths = sorted(map(len, engine.values()))
     return dict(
-        workload=name, requests=len(requests), slots=slots, tokens=tokens,
-        median=lengths[len(lengths) // 2], longest=lengths[-1],
+        workload=name,
+        requests=len(requests),
+        slots=slots,
+        tokens=tokens,
+        median=lengths[len(lengths) // 2],
+        longest=lengths[-1],
         same_tokens=sum(static[r] == engine[r] for r in engine),
-        static_tok_s=tokens / t_static, engine_tok_s=tokens / t_engine,
-        static_occupancy=tokens / slot_steps, engine_occupancy=stats.occupancy,
-        speedup=t_static / t_engine, kv_mib=stats.kv_bytes_per_slot / 2**20,
-    )  # fmt: skip
+        static_tok_s=tokens / t_static,
+        engine_tok_s=tokens / t_engine,
+        static_occupancy=tokens / slot_steps,
+        engine_occupancy=stats.occupancy,
+        speedup=t_static / t_engine,
+        kv_mib=stats.kv_bytes_per_slot / 2**20,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -191,8 +222,10 @@ def run_command(args: argparse.Namespace) -> None:
     """Measures each workload of --workload and prints its table row."""
     builders = {"skewed": _skewed, "demo": _demo}
     print(f"devices: {jax.devices()}")
-    print("| workload | requests | slots (KV MiB each) | tokens | median / longest | same tokens | "
-          "static tok/s | engine tok/s | static occupancy | engine occupancy | speedup |")  # fmt: skip
+    print(
+        "| workload | requests | slots (KV MiB each) | tokens | median / longest | same tokens | "
+        "static tok/s | engine tok/s | static occupancy | engine occupancy | speedup |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.workload.split(","):
         r = measure(name, *builders[name](args), args.slots)

@@ -118,9 +118,11 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="a JSONL/Parquet file of problems: evaluate instead")
     p.add_argument("--n", type=int, default=1, help="samples per prompt (default: %(default)s)")
     p.add_argument(
-        "--temperature", type=float, default=0.0,
+        "--temperature",
+        type=float,
+        default=0.0,
         help="sampling temperature, 0 = greedy (default: %(default)s)",
-    )  # fmt: skip
+    )
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default: %(default)s)")
     p.add_argument(
         "--top-k",
@@ -129,26 +131,35 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
         help="most likely tokens kept, 0 = all (default: %(default)s)",
     )
     p.add_argument(
-        "--max-new-tokens", type=int, default=None,
+        "--max-new-tokens",
+        type=int,
+        default=None,
         help=f"generated tokens per sample (default: {MAX_NEW}; the demo model: {DEMO_MAX_NEW})",
-    )  # fmt: skip
+    )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument(
-        "--slots", "--batch-size", type=int, default=None, dest="slots",
+        "--slots",
+        "--batch-size",
+        type=int,
+        default=None,
+        dest="slots",
         help="decode slots: rows decoded together, refilled from the queue as rows end "
         "(default: one per sample, within a quarter of the device's memory, at most 64 on CPU)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--raw", action="store_true",
+        "--raw",
+        action="store_true",
         help="send the prompts as they are, without the chat template (base models, few-shot)",
-    )  # fmt: skip
+    )
     p.add_argument("--system", metavar="TEXT", help="a system message for the chat template")
     p.add_argument("--json", action="store_true", help="one JSON object per sample on stdout")
     p.add_argument("--out", help="output directory for an evaluation (--data)")
     p.add_argument(
-        "--preset", choices=["auto", *PRESETS], default="auto",
+        "--preset",
+        choices=["auto", *PRESETS],
+        default="auto",
         help="how --data names its fields (default: auto, told from the first record's keys)",
-    )  # fmt: skip
+    )
     p.add_argument("--question-field", help="--data's question field (instead of the preset's)")
     p.add_argument("--answer-field", help="--data's answer field (instead of the preset's)")
     own = "default: the checkpoint's mode_options, else"
@@ -196,8 +207,11 @@ def generate_command(args: argparse.Namespace) -> GenerateCommand:
         )
     if args.data is None and len(modes) > 1:
         raise ValueError("several modes are for evaluation sweeps: give --data FILE, or one --mode")
-    fields = {"--preset": args.preset != "auto", "--question-field": args.question_field,
-              "--answer-field": args.answer_field}  # fmt: skip
+    fields = {
+        "--preset": args.preset != "auto",
+        "--question-field": args.question_field,
+        "--answer-field": args.answer_field,
+    }
     if args.data is None and any(fields.values()):
         raise ValueError(
             f"{', '.join(f for f, given in fields.items() if given)}: only with --data"
@@ -210,21 +224,37 @@ def generate_command(args: argparse.Namespace) -> GenerateCommand:
         raise ValueError("--prompt: an empty prompt; give each --prompt some text")
     max_new = args.max_new_tokens or (DEMO_MAX_NEW if args.model is None else MAX_NEW)
     return GenerateCommand(
-        model=args.model, modes=modes, settings=settings_of(args, max_new),
-        prompts=tuple(args.prompt or ()), data=args.data, out=args.out, preset=args.preset,
-        question_field=args.question_field, answer_field=args.answer_field, json=args.json,
-        answer_prefix=args.answer_prefix, no_think_text=args.no_think_text,
-        wait_text=args.wait_text, finish_line=args.finish_line, hybrid=hybrid_settings,
-        raw=args.raw, system=args.system,
-    )  # fmt: skip
+        model=args.model,
+        modes=modes,
+        settings=settings_of(args, max_new),
+        prompts=tuple(args.prompt or ()),
+        data=args.data,
+        out=args.out,
+        preset=args.preset,
+        question_field=args.question_field,
+        answer_field=args.answer_field,
+        json=args.json,
+        answer_prefix=args.answer_prefix,
+        no_think_text=args.no_think_text,
+        wait_text=args.wait_text,
+        finish_line=args.finish_line,
+        hybrid=hybrid_settings,
+        raw=args.raw,
+        system=args.system,
+    )
 
 
 def settings_of(args: argparse.Namespace, max_new: int) -> GenerateConfig:
     """The command line's `GenerateConfig` (checked: a bad value is refused before compiling)."""
     return GenerateConfig(
-        n=args.n, max_new_tokens=max_new, temperature=args.temperature, top_p=args.top_p,
-        top_k=args.top_k, seed=args.seed, slots=args.slots,
-    )  # fmt: skip
+        n=args.n,
+        max_new_tokens=max_new,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        slots=args.slots,
+    )
 
 
 def mode_options(command: GenerateCommand, model_cfg) -> ModeOptions:
@@ -309,8 +339,9 @@ def _generate(command: GenerateCommand) -> None:
     path = command.hybrid.model if command.hybrid else command.model
     model, tokenizer, model_cfg = jaxthink.load(path or demo_model_dir())
     if not command.json:
-        print(f"loaded {path or 'the demo model'} in {time.perf_counter() - t0:.1f}s",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"loaded {path or 'the demo model'} in {time.perf_counter() - t0:.1f}s", file=sys.stderr
+        )
     options = mode_options(command, model_cfg)
     generate_fn = hybrid.load_generate(command.hybrid) if command.hybrid else None
     if command.data:
@@ -354,10 +385,16 @@ def run(command: GenerateCommand, model, tokenizer, options: ModeOptions, prompt
     t0 = time.perf_counter()
     try:
         results = jaxthink.generate(
-            model, tokenizer, prompts, command.modes[0], settings, options=options,
-            progress=progress.update if progress else None, chat=not command.raw,
+            model,
+            tokenizer,
+            prompts,
+            command.modes[0],
+            settings,
+            options=options,
+            progress=progress.update if progress else None,
+            chat=not command.raw,
             system=command.system,
-        )  # fmt: skip
+        )
     finally:
         if progress:
             progress.close()

@@ -32,19 +32,34 @@ def evaluate_cli(
     info = {"data": str(command.data), "model": command.model or "demo"}
     if command.hybrid:  # the pair, the steering file and the grid are settings of the run too
         h = command.hybrid
-        info.update(model=h.model, base_model=h.base_model, steering=h.steering,
-                    coefficients=list(h.coefficients), ablation=h.ablation)  # fmt: skip
+        info.update(
+            model=h.model,
+            base_model=h.base_model,
+            steering=h.steering,
+            coefficients=list(h.coefficients),
+            ablation=h.ablation,
+        )
     summary = evaluate(
-        model, tokenizer, problems, command.modes, settings, out_dir=command.out,
-        options=options, info=info, generate_fn=generate_fn, chat=not command.raw,
+        model,
+        tokenizer,
+        problems,
+        command.modes,
+        settings,
+        out_dir=command.out,
+        options=options,
+        info=info,
+        generate_fn=generate_fn,
+        chat=not command.raw,
         system=command.system,
-    )  # fmt: skip
+    )
     if command.json:
         print(json.dumps(summary), flush=True)
     else:
         print(report.markdown(summary))
-        print(f"wrote {command.out}/: {SAMPLES_JSONL}, {report.SUMMARY_JSON}, "
-              f"{report.SUMMARY_MD}, {report.PASS_AT_K_PNG}, {report.PARETO_PNG}")  # fmt: skip
+        print(
+            f"wrote {command.out}/: {SAMPLES_JSONL}, {report.SUMMARY_JSON}, "
+            f"{report.SUMMARY_MD}, {report.PASS_AT_K_PNG}, {report.PARETO_PNG}"
+        )
 
 
 # load_problems' keywords, as `python -m infer` spells them (its errors name the keywords)

@@ -101,18 +101,28 @@ def run_cli(command, generate, model, tokenizer, prompts: list[str]) -> None:
     settings = command.settings
     t0 = time.perf_counter()
     results = generate(
-        model, tokenizer, prompts, "hybrid", max_new_tokens=settings.max_new_tokens,
-        seed=settings.seed, slots=settings.slots, chat=not command.raw,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        prompts,
+        "hybrid",
+        max_new_tokens=settings.max_new_tokens,
+        seed=settings.seed,
+        slots=settings.slots,
+        chat=not command.raw,
+    )
     for g in results:
         if command.json:
             print(json.dumps(g.to_json()), flush=True)
         else:
             _show(g, sys.stdout)
-            print(f"steered {g.steered_tokens} of {g.num_tokens} tokens "
-                  f"({100 * g.steered_fraction:.1f}%)\n")  # fmt: skip
+            print(
+                f"steered {g.steered_tokens} of {g.num_tokens} tokens "
+                f"({100 * g.steered_fraction:.1f}%)\n"
+            )
     if not command.json:
         total = sum(g.num_tokens for g in results)
         steered = sum(g.steered_tokens for g in results)
-        print(f"{len(results)} samples, {total} tokens ({100 * steered / max(total, 1):.1f}% "
-              f"steered) in {time.perf_counter() - t0:.1f}s")  # fmt: skip
+        print(
+            f"{len(results)} samples, {total} tokens ({100 * steered / max(total, 1):.1f}% "
+            f"steered) in {time.perf_counter() - t0:.1f}s"
+        )

@@ -23,13 +23,16 @@ def add_arguments(p) -> None:
     p.add_argument("--steering", help="the steering file (default: the shipped demo pair's)")
     p.add_argument("--data", help="a JSONL/Parquet problem file (default: demo test problems)")
     p.add_argument(
-        "--problems", type=int, default=60,
+        "--problems",
+        type=int,
+        default=60,
         help="without --data: held-out demo problems per level (default: %(default)s)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--grids", help="coefficient grids, ';' between grids, ',' within "
+        "--grids",
+        help="coefficient grids, ';' between grids, ',' within "
         "(default: 0;0.1,0.2,0.3;0.1,...,1.0;1,2,4,8; grid 0 is the base model alone)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--main-grid", help="the ablations' grid (default: 0.1,0.2,...,1.0, the hybrid's default)"
     )
@@ -72,9 +75,14 @@ def run_command(args) -> None:
         )
         problems = _problems(args)
         run_study(
-            *paths, problems, args.out, grids=grids, main_grid=main,
-            max_new_tokens=args.max_new_tokens, slots=args.slots,
-        )  # fmt: skip
+            *paths,
+            problems,
+            args.out,
+            grids=grids,
+            main_grid=main,
+            max_new_tokens=args.max_new_tokens,
+            slots=args.slots,
+        )
     except ValueError as e:
         sys.exit(f"python -m infer hybrid-study: error: {e}")
     print((Path(args.out) / STUDY_MD).read_text(encoding="utf-8"))

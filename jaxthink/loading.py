@@ -7,7 +7,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from jaxthink import sharding
 from jaxthink.models import CheckpointError, ModelConfig, Qwen, load_params
+from jaxthink.tokenizer import load_tokenizer
 
 
 def default_dtype():
@@ -30,15 +32,11 @@ def load(
     cfg = ModelConfig.from_file(path / "config.json")
     place = None
     if mesh is not None:
-        from jaxthink import sharding
-
         sharding.check_model_fits(mesh, cfg)
         place = sharding.placer(mesh, rules or sharding.SAMPLE_RULES)
     model = load_params(path, cfg, dtype=dtype or default_dtype(), place=place)
     tok = None
     if tokenizer:
-        from jaxthink.tokenizer import load_tokenizer
-
         tok = load_tokenizer(path)
     return model, tok, cfg
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxthink.models.config import ModelConfig
+from jaxthink.models.shapes import SHAPES
 from jaxthink.runs.logprobs import LOGIT_CHUNK
 
 GIB = 1024**3
@@ -32,16 +33,8 @@ SLICES = {
     "v5p-64": (32, 95),
 }
 
-R1_DISTILL_QWEN_1P5B = dict(
-    architectures=["Qwen2ForCausalLM"], vocab_size=151936, hidden_size=1536,
-    intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-    tie_word_embeddings=False, rope_theta=10000.0, max_position_embeddings=131072,
-)  # fmt: skip
-R1_DISTILL_QWEN_7B = dict(
-    architectures=["Qwen2ForCausalLM"], vocab_size=152064, hidden_size=3584,
-    intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-    tie_word_embeddings=False, rope_theta=10000.0, max_position_embeddings=131072,
-)  # fmt: skip
+R1_DISTILL_QWEN_1P5B = SHAPES["r1-distill-qwen-1.5b"]
+R1_DISTILL_QWEN_7B = SHAPES["r1-distill-qwen-7b"]
 
 
 @dataclasses.dataclass(frozen=True)

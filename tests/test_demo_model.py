@@ -114,8 +114,13 @@ def test_free_text_reads_as_the_task_question_on_every_path(demo, tmp_path):
 
     model, tokenizer, _ = demo
     fresh = AutoTokenizer.from_pretrained(build_char_tokenizer(tmp_path), local_files_only=True)
-    pairs = [("What is 4,821 + 967?", "4821+967"), ("What is 347 x 26?", "347*26"),
-             ("347 \u00d7 26", "347*26"), ("explain 3 x 4", "3*4"), ("12 - 5", "12-5")]  # fmt: skip
+    pairs = [
+        ("What is 4,821 + 967?", "4821+967"),
+        ("What is 347 x 26?", "347*26"),
+        ("347 \u00d7 26", "347*26"),
+        ("explain 3 x 4", "3*4"),
+        ("12 - 5", "12-5"),
+    ]
     for tok in (tokenizer, fresh):
         for free, question in pairs:
             assert format_prompt(tok, free) == format_prompt(tok, question) == f"Q: {question}\nA:"

@@ -18,8 +18,12 @@ def run_with_8_devices(module: str, *args) -> dict:
     )
     proc = subprocess.run(
         [sys.executable, "-m", module, *map(str, args)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -29,9 +33,13 @@ def sampled(tmp_path_factory):
     path = tmp_path_factory.mktemp("mesh")
     # 16 heads over 8 kv heads, MLP 256: every sharded axis divides a tensor axis of 8.
     write_char_checkpoint(
-        path, seed=6, hidden_size=128, num_attention_heads=16, num_key_value_heads=8,
+        path,
+        seed=6,
+        hidden_size=128,
+        num_attention_heads=16,
+        num_key_value_heads=8,
         intermediate_size=256,
-    )  # fmt: skip
+    )
     return run_with_8_devices("tests.multidevice.sample_on_meshes", path)
 
 
@@ -42,9 +50,13 @@ def test_greedy_generation_on_a_mesh_equals_one_device(sampled, mesh):
 
 @pytest.mark.parametrize(
     "mesh, k_shard, up_shard",
-    [("8x1x1", [128, 8, 8], [128, 256]), ("2x2x2", [128, 4, 8], [128, 128]),
-     ("1x1x8", [128, 1, 8], [128, 32]), ("1x4x2", [128, 4, 8], [128, 128])],
-)  # fmt: skip
+    [
+        ("8x1x1", [128, 8, 8], [128, 256]),
+        ("2x2x2", [128, 4, 8], [128, 128]),
+        ("1x1x8", [128, 1, 8], [128, 32]),
+        ("1x4x2", [128, 4, 8], [128, 128]),
+    ],
+)
 def test_each_device_holds_only_its_shard(sampled, mesh, k_shard, up_shard):
     m = sampled["meshes"][mesh]
     assert m["k_global"] == [128, 8, 8] and m["num_devices"] == 8

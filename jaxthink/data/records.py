@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grain
 
+from jaxthink.data.arithmetic import generate_problems
 from jaxthink.tokenizer import END_THINK, SHORT, THINK
 
 
@@ -67,8 +68,6 @@ def worked_response(record: dict) -> str:
 def read_records(source: DataSource) -> list[dict]:
     """All records of a data source: the file's rows, or synthetic arithmetic problems."""
     if not source.path:
-        from jaxthink.data.arithmetic import generate_problems
-
         return generate_problems(source.count, source.levels, seed=source.seed)
     path = Path(source.path)
     if not path.is_file():

@@ -324,9 +324,14 @@ def choose_tokens(
 
 
 def choose_tokens_and_paths(
-    logits: Array, keys: Array, step: Array, temperature: Array, top_k: Array, top_p: Array,
+    logits: Array,
+    keys: Array,
+    step: Array,
+    temperature: Array,
+    top_k: Array,
+    top_p: Array,
     attempts: int = REJECTION_ATTEMPTS,
-) -> tuple[Array, Array, Array]:  # fmt: skip
+) -> tuple[Array, Array, Array]:
     """`choose_tokens`, with `attempts` draws at most per rejection row, and the paths taken:
     (tokens [B], rejection draws made per row [B] (0: not that path), rows drawn by bisection
     [B] bool)."""

@@ -318,9 +318,18 @@ class Engine:
                 occupant[slot] = (r, j, self._clock())
             graphdef, params, head = decoding
             steps, state = self._call(
-                sampler.run_steps, graphdef, params, state, tok, pad, jnp.int32(new),
-                jnp.bool_(bool(waiting or ready)), head, self.mesh, steer,
-            )  # fmt: skip
+                sampler.run_steps,
+                graphdef,
+                params,
+                state,
+                tok,
+                pad,
+                jnp.int32(new),
+                jnp.bool_(bool(waiting or ready)),
+                head,
+                self.mesh,
+                steer,
+            )
             done = np.asarray(to_host(state.done))
             steps = int(steps)
             self.stats.steps += steps
@@ -403,11 +412,17 @@ def max_new_of(requests: Sequence[Request]) -> int:
 def _outputs(state: LoopState) -> dict:
     p, h = state.policy, state.hybrid
     out = dict(
-        tokens=state.tokens, logprobs=state.logprobs, phases=state.phases,
-        lengths=state.lengths, finish=state.finish, certainty_sum=state.certainty_sum,
-        thought=p.thought, think_count=p.think_count, answer_count=p.answer_count,
+        tokens=state.tokens,
+        logprobs=state.logprobs,
+        phases=state.phases,
+        lengths=state.lengths,
+        finish=state.finish,
+        certainty_sum=state.certainty_sum,
+        thought=p.thought,
+        think_count=p.think_count,
+        answer_count=p.answer_count,
         forced_end=p.forced_end,
-    )  # fmt: skip
+    )
     if h is not None:
         out.update(steered=h.steered, latents=h.latents, coefficients=h.coefficient)
     return out
@@ -418,9 +433,19 @@ def _sample(host: dict, slot: int, request: int, j: int, seconds: float) -> Samp
     row = lambda name: np.array(host[name][slot, :n]) if name in host else None
     scalar = lambda name: host[name][slot].item()
     return Sample(
-        request=request, index=j, tokens=row("tokens"), logprobs=row("logprobs"),
-        phases=row("phases"), finish=scalar("finish"), certainty_sum=scalar("certainty_sum"),
-        thought=scalar("thought"), think_count=scalar("think_count"),
-        answer_count=scalar("answer_count"), forced_end=scalar("forced_end"), seconds=seconds,
-        steered=row("steered"), latents=row("latents"), coefficients=row("coefficients"),
-    )  # fmt: skip
+        request=request,
+        index=j,
+        tokens=row("tokens"),
+        logprobs=row("logprobs"),
+        phases=row("phases"),
+        finish=scalar("finish"),
+        certainty_sum=scalar("certainty_sum"),
+        thought=scalar("thought"),
+        think_count=scalar("think_count"),
+        answer_count=scalar("answer_count"),
+        forced_end=scalar("forced_end"),
+        seconds=seconds,
+        steered=row("steered"),
+        latents=row("latents"),
+        coefficients=row("coefficients"),
+    )

@@ -75,10 +75,19 @@ class _Context:
     def generation(self, p: int, sample) -> Generation:
         """A finished engine `Sample` of prompt `p` as a `Generation`."""
         return _generation(
-            self, p, sample.tokens, sample.logprobs, sample.phases, sample.finish,
-            sample.certainty_sum, sample.thought, sample.think_count, sample.answer_count,
-            sample.forced_end, sample.seconds,
-        )  # fmt: skip
+            self,
+            p,
+            sample.tokens,
+            sample.logprobs,
+            sample.phases,
+            sample.finish,
+            sample.certainty_sum,
+            sample.thought,
+            sample.think_count,
+            sample.answer_count,
+            sample.forced_end,
+            sample.seconds,
+        )
 
 
 @dataclasses.dataclass(eq=False, repr=False)
@@ -125,14 +134,24 @@ class Generations(Sequence[Generation]):
         )
         column = lambda name, dtype: np.array([getattr(s, name) for s in samples], dtype)
         return cls(
-            prompt_tokens, prompt_valid, tokens,
-            np.array([len(s.tokens) for s in samples], np.int32), logprobs, phases,
-            column("finish", np.int8), column("certainty_sum", np.float32),
-            column("thought", bool), column("think_count", np.int32),
-            column("answer_count", np.int32), column("forced_end", bool),
-            column("seconds", np.float64), prompt_index, column("index", np.int32),
-            context.pad_id, context,
-        )  # fmt: skip
+            prompt_tokens,
+            prompt_valid,
+            tokens,
+            np.array([len(s.tokens) for s in samples], np.int32),
+            logprobs,
+            phases,
+            column("finish", np.int8),
+            column("certainty_sum", np.float32),
+            column("thought", bool),
+            column("think_count", np.int32),
+            column("answer_count", np.int32),
+            column("forced_end", bool),
+            column("seconds", np.float64),
+            prompt_index,
+            column("index", np.int32),
+            context.pad_id,
+            context,
+        )
 
     @property
     def stats(self) -> engine.Stats:
@@ -181,11 +200,19 @@ class Generations(Sequence[Generation]):
     def _view(self, i: int) -> Generation:
         k = int(self.lengths[i])
         return _generation(
-            self.context, int(self.prompt_index[i]), self.tokens[i, :k], self.logprobs[i, :k],
-            self.phases[i, :k], int(self.finish[i]), float(self.certainty_sum[i]),
-            bool(self.thought[i]), int(self.think_count[i]), int(self.answer_count[i]),
-            bool(self.forced_end[i]), float(self.seconds[i]),
-        )  # fmt: skip
+            self.context,
+            int(self.prompt_index[i]),
+            self.tokens[i, :k],
+            self.logprobs[i, :k],
+            self.phases[i, :k],
+            int(self.finish[i]),
+            float(self.certainty_sum[i]),
+            bool(self.thought[i]),
+            int(self.think_count[i]),
+            int(self.answer_count[i]),
+            bool(self.forced_end[i]),
+            float(self.seconds[i]),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,9 +371,15 @@ def _start(
     ends_row = np.asarray(tok.eos) | np.asarray(tok.stop)
     runner = engine.Engine(model, tokenizer.pad_token_id or 0)
     context = _Context(
-        tokenizer, req.questions, [list(ids) for ids in encoded], req.modes, ends_row,
-        int(tok.end_think), control_tokens(tokenizer).pad, runner.stats,
-    )  # fmt: skip
+        tokenizer,
+        req.questions,
+        [list(ids) for ids in encoded],
+        req.modes,
+        ends_row,
+        int(tok.end_think),
+        control_tokens(tokenizer).pad,
+        runner.stats,
+    )
     return context, runner.run(requests, tok, settings.slots)
 
 
@@ -437,9 +470,19 @@ def _to_generation(
 
 
 def _generation(
-    context: _Context, p: int, tokens, logprobs, phases, finish, certainty_sum, thought,
-    think_count, answer_count, forced_end, seconds,
-) -> Generation:  # fmt: skip
+    context: _Context,
+    p: int,
+    tokens,
+    logprobs,
+    phases,
+    finish,
+    certainty_sum,
+    thought,
+    think_count,
+    answer_count,
+    forced_end,
+    seconds,
+) -> Generation:
     """One response of prompt `p` (its arrays cut to its length, and its statistics) as text."""
     ids = tokens.tolist()
     ends = context.ends_row[ids] if ids else np.zeros(0, bool)

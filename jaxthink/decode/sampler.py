@@ -215,9 +215,17 @@ def step(
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mesh"), donate_argnames=("state",))
 def run_steps(
-    graphdef, params, state: LoopState, tok, pad_id, max_steps, until_one_ends, head=None,
-    mesh=None, steer=None,
-):  # fmt: skip
+    graphdef,
+    params,
+    state: LoopState,
+    tok,
+    pad_id,
+    max_steps,
+    until_one_ends,
+    head=None,
+    mesh=None,
+    steer=None,
+):
     """Decodes until every row has ended, or `max_steps` steps have run, or (with
     `until_one_ends`) a row that was running has ended: the slot engine then refills it. Both
     limits are traced values, so changing them never recompiles. `head` is `output_matrix`'s,

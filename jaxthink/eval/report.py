@@ -282,8 +282,9 @@ def plot_pass_at_k(summary: dict, path: str | Path) -> Path:
         by_tokens.plot(tokens, values, markersize=5, label=style["label"], **line)
         for key, marker, _ in votes:
             vote = 100 * metrics[key] + style["offset"]
-            by_tokens.plot(tokens[-1], vote, marker=marker, markersize=9, color=style["color"],
-                           ls="none")  # fmt: skip
+            by_tokens.plot(
+                tokens[-1], vote, marker=marker, markersize=9, color=style["color"], ls="none"
+            )
     for _, marker, name in votes:
         by_tokens.plot([], [], marker=marker, color="gray", ls="none", label=f"{name} of {n}")
     ticks = [k for k in (2**i for i in range(n.bit_length())) if k <= n]

@@ -38,8 +38,16 @@ from jaxthink.policies import Mode, ModeOptions, parse_modes
 SAMPLES_JSONL, RUN_JSON, LOCK = "samples.jsonl", "run.json", ".lock"
 # The settings a resumed run must share with the samples already on disk.
 SAMPLE_SETTINGS = (
-    "n", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "options", "chat", "system",
-)  # fmt: skip
+    "n",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "options",
+    "chat",
+    "system",
+)
 SETTING_DEFAULTS = {"chat": True, "system": None}  # of keys an older run.json may lack
 
 Key = tuple[str, str, int]  # (mode, problem id, sample index)
@@ -157,10 +165,16 @@ def _stream_problems(model, tokenizer, todo, seed, settings, options, chat, syst
     left = [len(missing) for _, _, missing in todo]
     generated: dict[int, dict[int, Generation]] = {i: {} for i in range(len(todo))}
     samples = stream(
-        model, tokenizer, [problem.question for _, problem, _ in todo], [m for m, _, _ in todo],
-        settings.replace(seed=tuple(seeds)), options=options, chat=chat, system=system,
+        model,
+        tokenizer,
+        [problem.question for _, problem, _ in todo],
+        [m for m, _, _ in todo],
+        settings.replace(seed=tuple(seeds)),
+        options=options,
+        chat=chat,
+        system=system,
         samples=[missing for _, _, missing in todo],
-    )  # fmt: skip
+    )
     for i, j, g in samples:
         generated[i][j] = g
         left[i] -= 1
@@ -180,11 +194,21 @@ def _sample_problems(
     seeds = [problem_seed(seed, p.id) for p in problems]
     try:
         generations = generate_fn(
-            model, tokenizer, [p.question for p in problems], mode, n=settings.n,
-            max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            top_p=settings.top_p, top_k=settings.top_k, seed=seeds, options=options,
-            slots=settings.slots, progress=None, chat=chat,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            [p.question for p in problems],
+            mode,
+            n=settings.n,
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            seed=seeds,
+            options=options,
+            slots=settings.slots,
+            progress=None,
+            chat=chat,
+        )
     except ValueError as error:
         ids = ", ".join(repr(p.id) for p in problems)
         raise ValueError(f"problems {ids} ({mode}): {error}") from None

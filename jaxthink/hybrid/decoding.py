@@ -177,9 +177,13 @@ class Steer:
                 carry.residual.dtype
             )
             logits = forward_alternatives(
-                base, carry.residual[:, None] + delta, jnp.repeat(active[:, None], c, axis=1),
-                rewound, after_layer=self.steer_layer, head=self.head,
-            )  # fmt: skip
+                base,
+                carry.residual[:, None] + delta,
+                jnp.repeat(active[:, None], c, axis=1),
+                rewound,
+                after_layer=self.steer_layer,
+                head=self.head,
+            )
             return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
         unused = lambda: jnp.zeros((b, c), jnp.int32)
@@ -194,9 +198,13 @@ class Steer:
         choice is recorded at each row's column `col`."""
         base = nnx.merge(self.base_def, self.base_params)
         logits, cache, residual = forward_cached(
-            base, token[:, None], active[:, None], carry.cache,
-            head=self.head if self.step_head else None, capture_layer=self.steer_layer,
-        )  # fmt: skip
+            base,
+            token[:, None],
+            active[:, None],
+            carry.cache,
+            head=self.head if self.step_head else None,
+            capture_layer=self.steer_layer,
+        )
         steered, latent, coefficient = choice
         return carry.replace(
             cache=cache,
@@ -213,8 +221,13 @@ class Hybrid:
     """A base model and its steering for the slot engine (`Engine(thinking, hybrid=...)`): what
     hybrid decoding adds to each slot, and the step variant the loop runs."""
 
-    def __init__(self, base, steering: SteeringVectors, coefficients=DEFAULT_COEFFICIENTS,
-                 ablation: str = "none"):  # fmt: skip
+    def __init__(
+        self,
+        base,
+        steering: SteeringVectors,
+        coefficients=DEFAULT_COEFFICIENTS,
+        ablation: str = "none",
+    ):
         self.base, self.steering = base, steering
         self.split = nnx.split(base)
         self.dtype = params_dtype(self.split[1])
@@ -242,10 +255,14 @@ class Hybrid:
         cfg, c = self.base.cfg, self.params.coefficients.shape[0]
         head = output_matrix(self.base, slots * c)
         return Steer(
-            base_params=self.split[1], hp=self.params, head=head, base_def=self.split[0],
-            sae_layer=self.steering.sae_layer, steer_layer=self.steering.layer,
+            base_params=self.split[1],
+            hp=self.params,
+            head=head,
+            base_def=self.split[0],
+            sae_layer=self.steering.sae_layer,
+            steer_layer=self.steering.layer,
             step_head=transposed_head(cfg, slots),
-        )  # fmt: skip
+        )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
@@ -280,17 +297,26 @@ def hybrid_requests(think_prompts, base_prompts, keys, max_new_tokens: int) -> l
             mode=HYBRID_ROW,
             max_new_tokens=max_new_tokens,
             base_prompt=list(b),
-        )  # fmt: skip
+        )
         for t, b, key in zip(think_prompts, base_prompts, keys, strict=True)
     ]
 
 
 def run_hybrid(
-    thinking, base, think_prompts: list[list[int]], base_prompts: list[list[int]],
-    steering: SteeringVectors, *, coefficients=DEFAULT_COEFFICIENTS, max_new_tokens: int,
-    eos_ids: Sequence[int], ablation: str = "none", keys: Array | None = None, pad_id: int = 0,
+    thinking,
+    base,
+    think_prompts: list[list[int]],
+    base_prompts: list[list[int]],
+    steering: SteeringVectors,
+    *,
+    coefficients=DEFAULT_COEFFICIENTS,
+    max_new_tokens: int,
+    eos_ids: Sequence[int],
+    ablation: str = "none",
+    keys: Array | None = None,
+    pad_id: int = 0,
     slots: int | None = None,
-) -> list[Sample]:  # fmt: skip
+) -> list[Sample]:
     """The hybrid on token-id prompts (one list per row, for each model) through the slot
     engine; one `Sample` per row, in row order. `keys` [B] are the rows' request keys (default:
     row r's is fold_in(key(0), r)). No checks here beyond shapes: `hybrid_generate` validates a
@@ -449,15 +475,38 @@ def hybrid_generate_fn(base_model, base_tokenizer, steering, coefficients, ablat
     """A `jaxthink.generate`-shaped function running the hybrid with this base model and steering
     (the evaluation runner's `generate_fn`); the thinking model is the one it is called with."""
 
-    def generate(model, tokenizer, prompts, mode, *, n=1, max_new_tokens=512, temperature=0.0,
-                 seed=0, slots=None, progress=None, chat=True, **_):  # fmt: skip
+    def generate(
+        model,
+        tokenizer,
+        prompts,
+        mode,
+        *,
+        n=1,
+        max_new_tokens=512,
+        temperature=0.0,
+        seed=0,
+        slots=None,
+        progress=None,
+        chat=True,
+        **_,
+    ):
         if n != 1 or temperature != 0:
             raise ValueError("hybrid decoding is greedy: n must be 1 and temperature 0")
         return hybrid_generate(
-            model, base_model, tokenizer, prompts, steering, base_tokenizer=base_tokenizer,
-            coefficients=coefficients, ablation=ablation, max_new_tokens=max_new_tokens,
-            seed=seed, slots=slots, progress=progress, chat=chat,
-        )  # fmt: skip
+            model,
+            base_model,
+            tokenizer,
+            prompts,
+            steering,
+            base_tokenizer=base_tokenizer,
+            coefficients=coefficients,
+            ablation=ablation,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            slots=slots,
+            progress=progress,
+            chat=chat,
+        )
 
     return generate
 

@@ -119,9 +119,12 @@ def hybrid_reference(
             best = None
             for j, c in enumerate(coefficients):
                 logits = _base_position(
-                    base_def, base_params, *_row(base_seq),
-                    vector=jnp.asarray(c * direction, jnp.float32), steer_layer=steering.layer,
-                )  # fmt: skip
+                    base_def,
+                    base_params,
+                    *_row(base_seq),
+                    vector=jnp.asarray(c * direction, jnp.float32),
+                    steer_layer=steering.layer,
+                )
                 out.forwards += 1
                 candidate = int(np.argmax(logits))
                 if best is None or think_logp[candidate] > think_logp[best]:

@@ -123,9 +123,13 @@ def generate_traces(cfg: SAERunConfig, model, tokenizer, log=print):
     questions = [question_of(r) for r in read_records(cfg.data)][: cfg.data.count]
     log(f"generating {len(questions)} thinking traces (greedy, up to {cfg.max_new_tokens} tokens)")
     out = jaxthink.generate(
-        model, tokenizer, questions, "think", max_new_tokens=cfg.max_new_tokens,
+        model,
+        tokenizer,
+        questions,
+        "think",
+        max_new_tokens=cfg.max_new_tokens,
         slots=cfg.batch_size,
-    )  # fmt: skip
+    )
     opening = thinking_opening(tokenizer)
     return [Trace(format_prompt(tokenizer, g.prompt) + opening, g.thinking, g.prompt) for g in out]
 
@@ -165,9 +169,14 @@ def train_sae_run(cfg: SAERunConfig, log=print) -> dict:
     _write_jsonl(run_dir / "sentences.jsonl", [dataclasses.asdict(s) for s in sentences])
     log(f"{len(sentences)} sentences from {len(traces)} traces; reading layers {list(cfg.layers)}")
     raw = sentence_activations(
-        model, tokenizer, traces, sentences, cfg.layers, batch_size=cfg.batch_size,
+        model,
+        tokenizer,
+        traces,
+        sentences,
+        cfg.layers,
+        batch_size=cfg.batch_size,
         max_tokens=cfg.max_trace_tokens,
-    )  # fmt: skip
+    )
     rows = []
     log("\n".join(GRID_HEADER))
     for layer in cfg.layers:
@@ -187,8 +196,14 @@ def train_sae_run(cfg: SAERunConfig, log=print) -> dict:
                 options = dataclasses.asdict(cfg.sae)
                 del options["n_latents"], options["k"], options["seed"]
                 params, history = train_sae(x, n, cfg.sae.k, seed=cfg.sae.seed, **options)
-                meta = {"layer": layer, "n_latents": n, "k": cfg.sae.k, "model": cfg.model,
-                        "best_loss": history["best_loss"], "epochs": history["epochs"]}  # fmt: skip
+                meta = {
+                    "layer": layer,
+                    "n_latents": n,
+                    "k": cfg.sae.k,
+                    "model": cfg.model,
+                    "best_loss": history["best_loss"],
+                    "epochs": history["epochs"],
+                }
                 save_sae(files["sae"], params, mean=mean, meta=meta)
                 texts = [s.text for s in sentences]
                 report = taxonomy_report(params, x, texts, k=cfg.sae.k, meta=meta)

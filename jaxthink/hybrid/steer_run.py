@@ -165,17 +165,29 @@ def train_steer_run(cfg: SteerRunConfig, log=print):
             report["vectors"][str(k)] = _entry(history, len(rows))
             log(_line(f"latent {k}", report["vectors"][str(k)]))
             progress.save(bias, vectors)
-    meta = {"base_model": cfg.model, "sae_run": cfg.sae_run, "n_latents": n,
-            "report": str(run_dir / "report.json")}  # fmt: skip
+    meta = {
+        "base_model": cfg.model,
+        "sae_run": cfg.sae_run,
+        "n_latents": n,
+        "report": str(run_dir / "report.json"),
+    }
     steering = SteeringVectors(
-        layer=cfg.layer, bias=bias, vectors=vectors, sae=sae, sae_mean=np.asarray(sae_mean),
-        sae_layer=cfg.sae_layer, method=cfg.method, meta=meta,
-    )  # fmt: skip
+        layer=cfg.layer,
+        bias=bias,
+        vectors=vectors,
+        sae=sae,
+        sae_mean=np.asarray(sae_mean),
+        sae_layer=cfg.sae_layer,
+        method=cfg.method,
+        meta=meta,
+    )
     report["norms"] = steering.norms
     path = save_steering(run_dir / "steering.npz", steering)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    log(f"wrote {path}: bias norm {steering.norms['bias']:.2f}, vector norms "
-        + ", ".join(f"{x:.2f}" for x in steering.norms["vectors"]))  # fmt: skip
+    log(
+        f"wrote {path}: bias norm {steering.norms['bias']:.2f}, vector norms "
+        + ", ".join(f"{x:.2f}" for x in steering.norms["vectors"])
+    )
     return steering
 
 

@@ -32,6 +32,7 @@ from jaxthink.eval.report import legend_outside, save_figure
 from jaxthink.eval.runner import evaluate
 from jaxthink.hybrid.decoding import DEFAULT_COEFFICIENTS, hybrid_generate_fn
 from jaxthink.hybrid.vectors import load_steering
+from jaxthink.loading import load
 
 STUDY_JSON, STUDY_MD = "study.json", "study.md"
 STEERED_PNG, GAP_PNG = "steered.png", "gap_by_level.png"
@@ -83,11 +84,9 @@ def run_study(
     log=print,
 ) -> dict:
     """Evaluates every run of the study (each resumes on its own), then writes the report."""
-    import jaxthink
-
     runs = study_runs(grids, main_grid)
     out = Path(out_dir)
-    models = {name: jaxthink.load(path) for name, path in (("thinking", thinking), ("base", base))}
+    models = {name: load(path) for name, path in (("thinking", thinking), ("base", base))}
     vectors = load_steering(steering)
     settings = GenerateConfig(max_new_tokens=max_new_tokens, slots=slots)
     info = {"model": str(thinking), "base_model": str(base), "steering": str(steering)}
@@ -107,9 +106,16 @@ def run_study(
             )
         run_info = {**info, "kind": run.kind, "coefficients": list(run.coefficients)}
         summary = evaluate(
-            model, tokenizer, problems, mode, settings, out_dir=out / run.name,
-            progress=progress, info=run_info, generate_fn=generate_fn,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            problems,
+            mode,
+            settings,
+            out_dir=out / run.name,
+            progress=progress,
+            info=run_info,
+            generate_fn=generate_fn,
+        )
         summaries[run.name] = (run, summary["modes"][mode])
     study = summarize_study(summaries)
     write_study(study, out)
@@ -199,16 +205,22 @@ def plot_steered(study: dict, path: str | Path) -> Path:
         ax.axhline(100 * runs[name]["accuracy"], color="grey", linestyle=style, label=name)
     markers = {"hybrid": "o", "bias_only": "s", "random_latent": "^"}
     for kind, marker in markers.items():
-        points = [(r["steered_fraction"], r["accuracy"], n) for n, r in runs.items()
-                  if r["kind"] == kind]  # fmt: skip
+        points = [
+            (r["steered_fraction"], r["accuracy"], n) for n, r in runs.items() if r["kind"] == kind
+        ]
         if not points:
             continue
         x, y, names = zip(*points, strict=True)
         ax.plot(100 * np.array(x), 100 * np.array(y), marker, label=kind.replace("_", " "))
         for xi, yi, n in zip(x, y, names, strict=True):
             grid = n.split("_")[-1]
-            ax.annotate(f"c {grid}", (100 * xi, 100 * yi), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points")  # fmt: skip
+            ax.annotate(
+                f"c {grid}",
+                (100 * xi, 100 * yi),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
     ax.set_xlabel("steered tokens (% of generated tokens)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("hybrid accuracy against steered fraction, one point per coefficient grid")

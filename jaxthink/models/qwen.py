@@ -316,8 +316,15 @@ class Qwen(nnx.Module):
 
 
 # (sub-module, weight, number of input axes) of each block's projections
-_PROJECTIONS = (("attn", "q", 1), ("attn", "k", 1), ("attn", "v", 1), ("attn", "o", 2),
-                ("mlp", "gate", 1), ("mlp", "up", 1), ("mlp", "down", 1))  # fmt: skip
+_PROJECTIONS = (
+    ("attn", "q", 1),
+    ("attn", "k", 1),
+    ("attn", "v", 1),
+    ("attn", "o", 2),
+    ("mlp", "gate", 1),
+    ("mlp", "up", 1),
+    ("mlp", "down", 1),
+)
 
 
 def with_projections_out_in(model: Qwen) -> Qwen:
@@ -335,10 +342,15 @@ def with_projections_out_in(model: Qwen) -> Qwen:
             w = getattr(module, name)
             axes = (*range(contract, w.ndim), *range(contract))
             names = w.get_metadata().get("out_sharding")
-            setattr(module, name, nnx.Param(
-                jnp.transpose(w[...], axes),
-                out_sharding=names and tuple(names[a] for a in axes), eager_sharding=False,
-            ))  # fmt: skip
+            setattr(
+                module,
+                name,
+                nnx.Param(
+                    jnp.transpose(w[...], axes),
+                    out_sharding=names and tuple(names[a] for a in axes),
+                    eager_sharding=False,
+                ),
+            )
         block.attn.out_in = block.mlp.out_in = True
     return out
 
@@ -382,8 +394,19 @@ def _check_layer(model: Qwen, layer: int, what: str) -> None:
         raise ValueError(f"{what}={layer}: the model has blocks 0..{n - 1}")
 
 
-def _run_blocks(model, x, positions, mask, *, steer=None, capture_layer=None, caches=None,
-                write_index=None, first: int = 0, remat: bool = False):  # fmt: skip
+def _run_blocks(
+    model,
+    x,
+    positions,
+    mask,
+    *,
+    steer=None,
+    capture_layer=None,
+    caches=None,
+    write_index=None,
+    first: int = 0,
+    remat: bool = False,
+):
     """The decoder blocks from block `first` on, with the hooks. With `remat` the backward pass
     recomputes each block from its input: only the residual stream between blocks is kept.
 
@@ -445,9 +468,14 @@ def forward(
         positions = jnp.maximum(mask.sum(axis=-1) - 1, 0)  # count of earlier same-segment keys
     x = jnp.take(model.embed[...], tokens, axis=0)
     x, captured, _ = _run_blocks(
-        model, x, positions.astype(jnp.int32), mask, steer=steer, capture_layer=capture_layer,
+        model,
+        x,
+        positions.astype(jnp.int32),
+        mask,
+        steer=steer,
+        capture_layer=capture_layer,
         remat=remat,
-    )  # fmt: skip
+    )
     out = x if return_hidden else model.logits(x)
     return out if capture_layer is None else (out, captured)
 
@@ -501,9 +529,15 @@ def forward_cached(
     positions = positions_from_valid(valid, cache.pos)
     x = jnp.take(model.embed[...], tokens, axis=0)
     x, captured, kvs = _run_blocks(
-        model, x, positions, mask, steer=steer, capture_layer=capture_layer,
-        caches=list(zip(cache.k, cache.v, strict=True)), write_index=cache.index,
-    )  # fmt: skip
+        model,
+        x,
+        positions,
+        mask,
+        steer=steer,
+        capture_layer=capture_layer,
+        caches=list(zip(cache.k, cache.v, strict=True)),
+        write_index=cache.index,
+    )
     if last_only:
         x = x[:, -1:]
         captured = None if captured is None else captured[:, -1:]

@@ -54,9 +54,14 @@ def sample(
     """`cfg.group_size` samples per question, a question's samples next to each other, with the
     prompt ids each was sampled after."""
     settings = GenerateConfig(
-        n=cfg.group_size, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-        top_p=cfg.top_p, top_k=cfg.top_k, seed=seed, slots=cfg.slots or None,
-    )  # fmt: skip
+        n=cfg.group_size,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        seed=seed,
+        slots=cfg.slots or None,
+    )
     return generate(model, tokenizer, questions, cfg.mode, settings, options=options)
 
 
@@ -109,9 +114,17 @@ def collect(
     width = response_width(int(lengths.max()), cfg.max_new_tokens)
     responses, mask = generations.responses(width)
     return Rollout(
-        generations.prompt_tokens, generations.prompt_valid, responses, mask, rewards, think,
-        correct, truncated, lengths, generations,
-    )  # fmt: skip
+        generations.prompt_tokens,
+        generations.prompt_valid,
+        responses,
+        mask,
+        rewards,
+        think,
+        correct,
+        truncated,
+        lengths,
+        generations,
+    )
 
 
 def rollout_metrics(r: Rollout) -> dict[str, float]:

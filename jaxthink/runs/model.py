@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
+from jaxthink.data.char_tokenizer import MODE_OPTIONS, build_char_tokenizer
 from jaxthink.distributed import is_main
 from jaxthink.loading import load
 from jaxthink.models import ModelConfig, Qwen
@@ -33,8 +34,6 @@ def hf_config(spec: ModelSpec, tokenizer) -> dict:
     head_dim = spec.head_dim or spec.hidden_size // spec.num_heads
     own = {}
     if spec.tokenizer == "char":
-        from jaxthink.data.char_tokenizer import MODE_OPTIONS
-
         own = {"mode_options": dict(MODE_OPTIONS)}
     return {
         "architectures": [spec.architecture],
@@ -63,8 +62,6 @@ def fresh_tokenizer(spec: ModelSpec, run_dir: Path):
     the others, and a remote run_dir (gs://), use a local temporary directory (the export
     carries the tokenizer either way)."""
     if spec.tokenizer == "char":
-        from jaxthink.data.char_tokenizer import build_char_tokenizer
-
         if "://" in str(run_dir) or not is_main():
             run_dir = Path(tempfile.mkdtemp(prefix="jaxthink-tokenizer-"))
         return load_tokenizer(build_char_tokenizer(Path(run_dir) / "tokenizer"))

@@ -46,9 +46,17 @@ class Interrupted(RuntimeError):
 # out over devices. Every other key changes what the run computes (the schedule over `steps`
 # included), so a change is refused unless `on_change` says otherwise.
 RESUMABLE_CHANGES = {
-    "run_dir", "resume", "on_change", "save_every", "keep_checkpoints", "log_every", "export",
-    "mesh", "distributed", "remat",
-}  # fmt: skip
+    "run_dir",
+    "resume",
+    "on_change",
+    "save_every",
+    "keep_checkpoints",
+    "log_every",
+    "export",
+    "mesh",
+    "distributed",
+    "remat",
+}
 
 
 @dataclasses.dataclass
@@ -218,7 +226,7 @@ def save(ckpt: Checkpointer, state: TrainState, data_iter, *, force: bool = Fals
 
 def train_steps(
     cfg, ckpt, state: TrainState, data_iter, one_step, metrics_log, log, keys, on_save=None
-):  # fmt: skip
+):
     """The loop every step-wise run shares: `one_step(state)` -> (next state, metrics record)
     until `cfg.steps`, then save (every `save_every`), record (with `seconds_checkpoint`), call
     `on_save()` after a step that saved (e.g. a plot rewritten), and log every `log_every`. On a terminal a progress bar shows the steps,

@@ -49,10 +49,33 @@ def test_no_command_is_generate():
 
 def test_the_flags_become_one_checked_command():
     command = cli.parse_args(
-        ["--model", "ckpt", "--data", "p.jsonl", "--out", "runs/x", "--mode", "think_budget=128,256",
-         "--mode", "no_think", "--temperature", "0.6", "--top-p", "0.95", "--top-k", "20",
-         "--seed", "3", "--slots", "8", "--finish-line", "--preset", "gsm8k", "--json"]
-    )  # fmt: skip
+        [
+            "--model",
+            "ckpt",
+            "--data",
+            "p.jsonl",
+            "--out",
+            "runs/x",
+            "--mode",
+            "think_budget=128,256",
+            "--mode",
+            "no_think",
+            "--temperature",
+            "0.6",
+            "--top-p",
+            "0.95",
+            "--top-k",
+            "20",
+            "--seed",
+            "3",
+            "--slots",
+            "8",
+            "--finish-line",
+            "--preset",
+            "gsm8k",
+            "--json",
+        ]
+    )
     assert command.settings == GenerateConfig(
         n=1, max_new_tokens=cli.MAX_NEW, temperature=0.6, top_p=0.95, top_k=20, seed=3, slots=8
     )
@@ -92,18 +115,24 @@ def test_each_bench_parses_its_own_flags():
 @pytest.mark.parametrize(
     ("argv", "error"),
     [
-        (["--n", "0"], "python -m infer: error: --n 0: the number of samples per prompt must be at least 1"),
+        (
+            ["--n", "0"],
+            "python -m infer: error: --n 0: the number of samples per prompt must be at least 1",
+        ),
         (["--bogus"], "python -m infer: error: unrecognized arguments: --bogus"),
         (["--mode", "think_budget=128,256"], "python -m infer: error: several modes are for"),
         (["--top-p", "2"], "python -m infer: error: top_p=2.0: must be in (0, 1]"),
         (["--question-field", "q"], "python -m infer: error: --question-field: only with --data"),
         (["--steering", "s.npz"], "python -m infer: error: --steering: only for --mode hybrid"),
-        (["bench", "--shape", "huge"], "python -m infer bench: error: argument --shape: invalid choice"),
+        (
+            ["bench", "--shape", "huge"],
+            "python -m infer bench: error: argument --shape: invalid choice",
+        ),
         (["bench-slots", "--bogus"], "python -m infer bench-slots: error: unrecognized arguments"),
         (["--raw", "--system", "Be brief."], "python -m infer: error: --system goes into the chat"),
         (["--prompt", " "], "python -m infer: error: --prompt: an empty prompt"),
     ],
-)  # fmt: skip
+)
 def test_argument_errors_are_one_line_and_a_hint(capsys, argv, error):
     lines = refused(capsys, argv).splitlines()
     hint = "try: " + error.split(": error:")[0] + " --help"
@@ -118,9 +147,15 @@ def test_help_shows_the_sampling_defaults_and_the_other_commands(capsys, monkeyp
     text = capsys.readouterr().out
     entries = [" ".join(entry.split()) for entry in re.split(r"\n(?=  -)", text)]
     flags = {entry.split()[0].rstrip(","): entry for entry in entries}
-    defaults = {"--n": "default: 1", "--temperature": "default: 0.0", "--top-p": "default: 1.0",
-                "--top-k": "default: 0", "--seed": "default: 0", "--slots": "default: one per sample",
-                "--max-new-tokens": "default: 1024; the demo model: 320"}  # fmt: skip
+    defaults = {
+        "--n": "default: 1",
+        "--temperature": "default: 0.0",
+        "--top-p": "default: 1.0",
+        "--top-k": "default: 0",
+        "--seed": "default: 0",
+        "--slots": "default: one per sample",
+        "--max-new-tokens": "default: 1024; the demo model: 320",
+    }
     for flag, default in defaults.items():
         assert default in flags[flag], flag
     for command in ("bench", "bench-hybrid", "bench-slots"):
@@ -173,10 +208,18 @@ class Terminal(io.StringIO):
 
 
 SAMPLE = SimpleNamespace(
-    prompt="1+1", thinking="1+1=2", answer="\\boxed{2}", mode="think", chosen_mode="think",
-    budget_forced=False, num_thinking_tokens=5, num_answer_tokens=9, num_tokens=14,
-    finish_reason="eos", seconds=0.5,
-)  # fmt: skip
+    prompt="1+1",
+    thinking="1+1=2",
+    answer="\\boxed{2}",
+    mode="think",
+    chosen_mode="think",
+    budget_forced=False,
+    num_thinking_tokens=5,
+    num_answer_tokens=9,
+    num_tokens=14,
+    finish_reason="eos",
+    seconds=0.5,
+)
 
 
 def test_colours_only_on_a_terminal_without_no_color(monkeypatch):
@@ -331,9 +374,11 @@ def test_hybrid_with_no_flags_runs_the_shipped_pair(capsys):
     pair = demo_pair_dir()
     command = cli.parse_args(["--mode", "hybrid"])
     assert command.hybrid == HybridSettings(
-        str(pair / "thinking"), str(pair / "base"), str(pair / "steering.npz"),
+        str(pair / "thinking"),
+        str(pair / "base"),
+        str(pair / "steering.npz"),
         tuple(DEFAULT_COEFFICIENTS),
-    )  # fmt: skip
+    )
     cli.main(["--mode", "hybrid", "--prompt", "23*47", "--max-new-tokens", "8"])
     out = capsys.readouterr().out
     assert "steered" in out and "1 samples, 8 tokens" in out

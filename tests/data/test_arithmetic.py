@@ -226,9 +226,14 @@ def test_write_jsonl_round_trips(tmp_path):
 
 @pytest.mark.parametrize(
     "text, question",
-    [("What is 4821 + 967?", "4821+967"), ("347 x 26", "347*26"), ("12\u00d73=?", "12*3"),
-     ("1,000 - 999", "1000-999"), ("48213-9672", "48213-9672")],
-)  # fmt: skip
+    [
+        ("What is 4821 + 967?", "4821+967"),
+        ("347 x 26", "347*26"),
+        ("12\u00d73=?", "12*3"),
+        ("1,000 - 999", "1000-999"),
+        ("48213-9672", "48213-9672"),
+    ],
+)
 def test_questions_are_read_from_free_text(text, question):
     assert ar.question_from_text(text) == question
 

@@ -51,9 +51,11 @@ def draw_paths(logits, temperature: float, top_k: int, top_p: float, attempts=RE
         jnp.broadcast_to(logits, (DRAWS, logits.shape[-1])),
         jax.random.split(jax.random.key(7), DRAWS),
         jnp.int32(0),
-        full(temperature), full(top_k, jnp.int32), full(top_p),
+        full(temperature),
+        full(top_k, jnp.int32),
+        full(top_p),
         attempts,
-    )  # fmt: skip
+    )
     counts = np.bincount(np.asarray(tokens), minlength=logits.shape[-1])
     return counts, np.asarray(draws), np.asarray(bisected)
 
@@ -141,10 +143,19 @@ def test_a_vocabulary_not_a_multiple_of_the_block():
 
 
 MIXED = [  # (temperature, top_k, top_p) per row: off, top-k, top-p, both, past the candidates
-    (1.0, 0, 1.0), (0.7, 1, 1.0), (1.0, 5, 1.0), (0.6, 63, 1.0), (1.0, 64, 1.0), (0.9, 200, 1.0),
-    (1.0, 0, 0.3), (0.6, 0, 0.95), (1.2, 0, 0.999), (1.0, 10, 0.5), (0.8, 100, 0.9),
+    (1.0, 0, 1.0),
+    (0.7, 1, 1.0),
+    (1.0, 5, 1.0),
+    (0.6, 63, 1.0),
+    (1.0, 64, 1.0),
+    (0.9, 200, 1.0),
+    (1.0, 0, 0.3),
+    (0.6, 0, 0.95),
+    (1.2, 0, 0.999),
+    (1.0, 10, 0.5),
+    (0.8, 100, 0.9),
     (1.0, 1000, 0.9),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("ties", [False, True])
@@ -215,9 +226,13 @@ def test_a_rows_draw_depends_on_its_key_and_step_only():
             batch = choose(logits, keys, step, t0, k0, p0)
             assert batch[0] == alone
             with_flat = choose(
-                jnp.concatenate([logits[:1], flat]), keys[:2], jnp.array([step, 9]),
-                t0[:2], k0[:2].at[1].set(0), p0[:2].at[1].set(0.5),
-            )  # fmt: skip
+                jnp.concatenate([logits[:1], flat]),
+                keys[:2],
+                jnp.array([step, 9]),
+                t0[:2],
+                k0[:2].at[1].set(0),
+                p0[:2].at[1].set(0.5),
+            )
             assert with_flat[0] == alone
             per_row = choose(logits, keys, jnp.full((7,), step), t0, k0, p0)
             np.testing.assert_array_equal(per_row, batch)

@@ -42,8 +42,10 @@ def test_each_request_gets_the_tokens_it_gets_alone(demo_like):
         one = settings.replace(slots=1)
         alone = jaxthink.generate(model, tokenizer, [q], m, one, stop_tokens=stop)[0]
         assert (g.token_ids, g.num_thinking_tokens, g.finish_reason) == (
-            alone.token_ids, alone.num_thinking_tokens, alone.finish_reason
-        )  # fmt: skip
+            alone.token_ids,
+            alone.num_thinking_tokens,
+            alone.finish_reason,
+        )
         np.testing.assert_allclose(g.logprobs, alone.logprobs, rtol=1e-5)  # other layouts
 
 
@@ -71,10 +73,15 @@ def test_the_samples_of_a_prompt_share_one_prefill(demo_like):
     tok = policy_tokens(tokenizer, jaxthink.ModeOptions(), 103)
     runner = engine.Engine(model, 0)
     requests = [
-        engine.Request(prompt=[5, 6, 7], key=prompt_key(0, p),
-                       max_new_tokens=4, samples=(0, 1, 2, 3), temperature=1.0)
+        engine.Request(
+            prompt=[5, 6, 7],
+            key=prompt_key(0, p),
+            max_new_tokens=4,
+            samples=(0, 1, 2, 3),
+            temperature=1.0,
+        )
         for p in range(3)
-    ]  # fmt: skip
+    ]
     out = list(runner.run(requests, tok, slots=4))
     assert sorted((s.request, s.index) for s in out) == [(r, j) for r in range(3) for j in range(4)]
     assert runner.stats.prefilled_rows == 3  # each prompt once for its four samples
@@ -102,10 +109,11 @@ def test_occupancy_counts_generated_tokens_over_slot_steps(demo_like):
     tok = policy_tokens(tokenizer, jaxthink.ModeOptions(), 103)
     lengths = [2, 9, 3, 3, 5, 2]
     requests = [
-        engine.Request(prompt=[5, 6, 7], key=prompt_key(0, p),
-                       max_new_tokens=n, mode=(2, 0, 0, 0, 0))
+        engine.Request(
+            prompt=[5, 6, 7], key=prompt_key(0, p), max_new_tokens=n, mode=(2, 0, 0, 0, 0)
+        )
         for p, n in enumerate(lengths)
-    ]  # fmt: skip
+    ]
     tok = tok.replace(eos=tok.eos.at[:].set(False))  # every row runs to its own max_new_tokens
     runner = engine.Engine(model, 0)
     out = {s.request: len(s.tokens) for s in runner.run(requests, tok, slots=2)}
@@ -116,9 +124,12 @@ def test_occupancy_counts_generated_tokens_over_slot_steps(demo_like):
 
 
 LLAMA3 = dict(
-    rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+    rope_type="llama3",
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
     original_max_position_embeddings=32,
-)  # fmt: skip
+)
 
 
 @pytest.mark.parametrize(
@@ -147,12 +158,14 @@ def test_kv_bytes_per_slot(demo_like):
 
 @pytest.mark.parametrize(
     "kw, message",
-    [(dict(slots=0), "slots=0: the number of decode slots must be an integer >= 1"),
-     (dict(temperature=-1.0), r"temperature=-1.0: must be a finite number >= 0"),
-     (dict(top_p=0.0), r"top_p=0.0: must be in \(0, 1\]"),
-     (dict(top_p=2.0), r"top_p=2.0: must be in \(0, 1\]"),
-     (dict(top_k=-5), r"top_k=-5: must be an integer >= 0")],
-)  # fmt: skip
+    [
+        (dict(slots=0), "slots=0: the number of decode slots must be an integer >= 1"),
+        (dict(temperature=-1.0), r"temperature=-1.0: must be a finite number >= 0"),
+        (dict(top_p=0.0), r"top_p=0.0: must be in \(0, 1\]"),
+        (dict(top_p=2.0), r"top_p=2.0: must be in \(0, 1\]"),
+        (dict(top_k=-5), r"top_k=-5: must be an integer >= 0"),
+    ],
+)
 def test_bad_settings_are_refused_before_compiling(demo_like, kw, message):
     model, tokenizer = demo_like
     before = dict(sampler.TRACE_COUNT)

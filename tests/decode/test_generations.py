@@ -42,8 +42,10 @@ def test_the_arrays_are_the_generations(tiny, results):
     assert isinstance(results, Generations) and rows == 6 == len(results)
     assert results.prompt_tokens.shape[1] % 32 == 0 and results.prompt_valid.dtype == bool
     assert (results.tokens.dtype, results.logprobs.dtype, results.phases.dtype) == (
-        np.int32, np.float32, np.int8
-    )  # fmt: skip
+        np.int32,
+        np.float32,
+        np.int8,
+    )
     assert width == max(g.num_tokens for g in results)
     assert len(set(results.lengths.tolist())) > 1, "the test needs responses of several lengths"
     for i, g in enumerate(results):
@@ -81,8 +83,9 @@ def test_the_views_are_the_generations_stream_yields_in_result_order(tiny, resul
     assert results.prompt_index.tolist() == [0, 0, 0, 1, 1, 1]
     assert results.sample_index.tolist() == [0, 1, 2, 0, 1, 2]
     streamed = {
-        (p, j): g for p, j, g in stream(model, tokenizer, QUESTIONS, MODES, SETTINGS.replace(slots=3))
-    }  # fmt: skip
+        (p, j): g
+        for p, j, g in stream(model, tokenizer, QUESTIONS, MODES, SETTINGS.replace(slots=3))
+    }
     clockless = lambda g: dataclasses.replace(g, seconds=0.0)
     assert [clockless(g) for g in results] == [
         clockless(streamed[p, j]) for p in range(2) for j in range(3)
@@ -148,9 +151,12 @@ def test_rollout_arrays_are_the_padded_generations(tiny):
         responses[b, : g.num_tokens] = g.token_ids
         mask[b, : g.num_tokens] = 1.0
     for got, want in (
-        (r.prompt_tokens, prompts), (r.prompt_valid, valid), (r.response_tokens, responses),
-        (r.response_mask, mask), (r.lengths, np.array([g.num_tokens for g in gens], np.int32)),
-    ):  # fmt: skip
+        (r.prompt_tokens, prompts),
+        (r.prompt_valid, valid),
+        (r.response_tokens, responses),
+        (r.response_mask, mask),
+        (r.lengths, np.array([g.num_tokens for g in gens], np.int32)),
+    ):
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
     assert r.generations[4] is gens[4] and r.generations[-1] is gens[8]

@@ -51,9 +51,14 @@ def greedy(b, seed=0, temperature=0.0, top_k=0, top_p=1.0):
 
 @pytest.mark.parametrize(
     "family, tied, rows",
-    [("qwen2", False, 3), ("qwen3", False, 3), ("qwen2", True, 3), ("qwen2", False, 1),
-     ("qwen3", True, 1)],
-)  # fmt: skip
+    [
+        ("qwen2", False, 3),
+        ("qwen3", False, 3),
+        ("qwen2", True, 3),
+        ("qwen2", False, 1),
+        ("qwen3", True, 1),
+    ],
+)
 def test_greedy_equals_transformers_generate(family, tied, rows, tmp_path):
     """At batch 1 the decode loop runs on the [out, in] weights of `for_decoding`."""
     hf = write_tiny_hf(tmp_path, family, tie_word_embeddings=tied)
@@ -156,9 +161,13 @@ def _compiled_decode_loop(checkpoint, prompts, max_new: int = 8):
     tokens, valid = sampler.left_pad(prompts, 0)
     state = sampler.prefill(graphdef, params, tokens, valid, plain_rows(b), max_new, 1)
     lowered = sampler.decode.lower(
-        *sampler.for_decoding(graphdef, params, b), state, plain_rows(b), plain_tokens(512),
-        greedy(b), jnp.int32(0),
-    )  # fmt: skip
+        *sampler.for_decoding(graphdef, params, b),
+        state,
+        plain_rows(b),
+        plain_tokens(512),
+        greedy(b),
+        jnp.int32(0),
+    )
     return model, state, _while_body_outputs(lowered.compile().as_text())
 
 

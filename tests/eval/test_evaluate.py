@@ -98,10 +98,23 @@ def test_run_writes_every_output(full_run):
     assert list(summary["modes"]) == MODE_NAMES
     assert (summary["problems"], summary["n"]) == (4, N)
     expected_keys = {
-        "problems", "samples", "accuracy", "pass_at_k", "cons_at_n", "confidence_highest",
-        "borda", "parsed", "mean_tokens", "median_tokens", "mean_thinking_tokens", "think_ratio",
-        "parallel_latency", "truncated", "budget_forced", "levels",
-    }  # fmt: skip
+        "problems",
+        "samples",
+        "accuracy",
+        "pass_at_k",
+        "cons_at_n",
+        "confidence_highest",
+        "borda",
+        "parsed",
+        "mean_tokens",
+        "median_tokens",
+        "mean_thinking_tokens",
+        "think_ratio",
+        "parallel_latency",
+        "truncated",
+        "budget_forced",
+        "levels",
+    }
     for metrics in summary["modes"].values():
         assert set(metrics) == expected_keys
         assert list(metrics["pass_at_k"]) == ["1", "2"]
@@ -279,11 +292,17 @@ def test_duplicate_problem_ids_are_refused(tmp_path):
 
 def sample(answer, correct, confidence, tokens, thinking=0, level=None, **extra):
     row = dict(
-        extracted_answer=answer, correct=correct, parsed=answer is not None,
-        confidence=confidence, num_tokens=tokens, num_thinking_tokens=thinking,
-        chosen_mode="think" if thinking else "short", finish_reason="eos", budget_forced=False,
+        extracted_answer=answer,
+        correct=correct,
+        parsed=answer is not None,
+        confidence=confidence,
+        num_tokens=tokens,
+        num_thinking_tokens=thinking,
+        chosen_mode="think" if thinking else "short",
+        finish_reason="eos",
+        budget_forced=False,
         level=level,
-    )  # fmt: skip
+    )
     return row | extra
 
 
@@ -343,8 +362,9 @@ def test_markdown_and_plots_on_known_samples(tmp_path):
 def test_coinciding_curves_stay_visible():
     """Each curve its own marker and line style; a curve equal to an earlier one is drawn
     slightly offset and its label names the curve it equals."""
-    styles = report.curve_styles({"think": [50, 80], "no_think": [50, 80], "short": [10, 20],
-                                  "extend=1": [50, 80]})  # fmt: skip
+    styles = report.curve_styles(
+        {"think": [50, 80], "no_think": [50, 80], "short": [10, 20], "extend=1": [50, 80]}
+    )
     assert len({(s["marker"], s["linestyle"]) for s in styles.values()}) == 4
     assert [s["offset"] for s in styles.values()] == [0.0, 0.8, 0.0, 1.6]
     assert styles["no_think"]["label"] == "no_think (= think, drawn +0.8)"
@@ -362,8 +382,10 @@ def test_legends_sit_beside_the_plots_not_on_them(monkeypatch, tmp_path):
     for fig in figures:
         assert isinstance(fig, Figure)
         legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
-        assert legends and all(leg.get_bbox_to_anchor().x0 > ax.bbox.x1 - 1 for leg, ax in
-                                    zip(legends, [a for a in fig.axes if a.get_legend()]))  # fmt: skip
+        assert legends and all(
+            leg.get_bbox_to_anchor().x0 > ax.bbox.x1 - 1
+            for leg, ax in zip(legends, [a for a in fig.axes if a.get_legend()])
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,15 +57,31 @@ def test_cached_hybrid_equals_the_uncached_algorithm(pair, ablation):
     rows = prompts(tokenizer)
     keys = [jax.random.fold_in(jax.random.key(7), r) for r in range(len(rows))]
     out = run_hybrid(
-        thinking, base, rows, rows, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
-        eos_ids=(1,), ablation=ablation, keys=keys,
-    )  # fmt: skip
+        thinking,
+        base,
+        rows,
+        rows,
+        steering,
+        coefficients=COEFFICIENTS,
+        max_new_tokens=NEW,
+        eos_ids=(1,),
+        ablation=ablation,
+        keys=keys,
+    )
     chosen, steered = set(), []
     for row, sample, key in zip(rows, out, keys, strict=True):
         ref = hybrid_reference(
-            thinking, base, row, row, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
-            eos_ids=(1,), ablation=ablation, key=jax.random.fold_in(key, 0),  # its sample 0
-        )  # fmt: skip
+            thinking,
+            base,
+            row,
+            row,
+            steering,
+            coefficients=COEFFICIENTS,
+            max_new_tokens=NEW,
+            eos_ids=(1,),
+            ablation=ablation,
+            key=jax.random.fold_in(key, 0),  # its sample 0
+        )
         assert sample.tokens.tolist() == ref.tokens
         assert sample.steered.tolist() == ref.steered
         assert sample.latents.tolist() == ref.latents
@@ -84,9 +100,17 @@ def test_samples_do_not_depend_on_the_slots(pair, slots):
     rows = prompts(tokenizer)
     rows = rows + [rows[0][:-3] + rows[0][-1:]]  # a fourth, shorter prompt
     run = lambda n, ablation: run_hybrid(
-        thinking, base, rows, rows, random_steering(seed=3), coefficients=COEFFICIENTS,
-        max_new_tokens=NEW, eos_ids=(1,), ablation=ablation, slots=n,
-    )  # fmt: skip
+        thinking,
+        base,
+        rows,
+        rows,
+        random_steering(seed=3),
+        coefficients=COEFFICIENTS,
+        max_new_tokens=NEW,
+        eos_ids=(1,),
+        ablation=ablation,
+        slots=n,
+    )
     for ablation in ("none", "random_latent"):
         alone, queued = run(len(rows), ablation), run(slots, ablation)
         for a, q in zip(alone, queued, strict=True):
@@ -100,19 +124,37 @@ def test_rows_end_at_their_own_eos_like_the_reference(pair):
     steering = random_steering(seed=1)
     rows = prompts(tokenizer)
     first = run_hybrid(
-        thinking, base, rows, rows, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
+        thinking,
+        base,
+        rows,
+        rows,
+        steering,
+        coefficients=COEFFICIENTS,
+        max_new_tokens=NEW,
         eos_ids=(1,),
-    )  # fmt: skip
+    )
     eos = int(first[0].tokens[5])  # a token row 0 emits at step 5 now ends it there
     out = run_hybrid(
-        thinking, base, rows, rows, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
+        thinking,
+        base,
+        rows,
+        rows,
+        steering,
+        coefficients=COEFFICIENTS,
+        max_new_tokens=NEW,
         eos_ids=(eos,),
-    )  # fmt: skip
+    )
     for r, row in enumerate(rows):
         ref = hybrid_reference(
-            thinking, base, row, row, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
+            thinking,
+            base,
+            row,
+            row,
+            steering,
+            coefficients=COEFFICIENTS,
+            max_new_tokens=NEW,
             eos_ids=(eos,),
-        )  # fmt: skip
+        )
         assert out[r].tokens.tolist() == ref.tokens
     assert len(out[0].tokens) <= 6 and out[0].tokens[-1] == eos
 
@@ -121,9 +163,16 @@ def test_new_coefficient_values_and_ablations_reuse_the_compiled_loop(pair):
     thinking, base, tokenizer = pair
     rows = prompts(tokenizer)
     run = lambda coefficients, ablation: run_hybrid(
-        thinking, base, rows, rows, random_steering(seed=2), coefficients=coefficients,
-        max_new_tokens=NEW, eos_ids=(1,), ablation=ablation,
-    )  # fmt: skip
+        thinking,
+        base,
+        rows,
+        rows,
+        random_steering(seed=2),
+        coefficients=coefficients,
+        max_new_tokens=NEW,
+        eos_ids=(1,),
+        ablation=ablation,
+    )
     run(COEFFICIENTS, "none")
     before = dict(sampler.TRACE_COUNT)
     run((0.1, 0.3, 3.0, 9.0), "random_latent")
@@ -148,17 +197,29 @@ def test_generate_front_end(pair, tmp_path):
     steering = load_steering(path)
     np.testing.assert_array_equal(steering.vectors, random_steering().vectors)
     out = hybrid_generate(
-        thinking, base, tokenizer, list(QUESTIONS), steering, coefficients=COEFFICIENTS,
+        thinking,
+        base,
+        tokenizer,
+        list(QUESTIONS),
+        steering,
+        coefficients=COEFFICIENTS,
         max_new_tokens=NEW,
-    )  # fmt: skip
+    )
     assert [g.prompt for g in out] == list(QUESTIONS)
     # The thinking model's prompt opens the thinking block; the base model's is its plain one.
     rows, base_rows = prompts(tokenizer), prompts(tokenizer, opening="")
     keys = [jax.random.fold_in(jax.random.key(0), r) for r in range(len(rows))]  # seed 0's
     samples = run_hybrid(
-        thinking, base, rows, base_rows, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
-        eos_ids=(1,), keys=keys,
-    )  # fmt: skip
+        thinking,
+        base,
+        rows,
+        base_rows,
+        steering,
+        coefficients=COEFFICIENTS,
+        max_new_tokens=NEW,
+        eos_ids=(1,),
+        keys=keys,
+    )
     for sample, g in zip(samples, out, strict=True):
         assert g.token_ids == sample.tokens.tolist()
         assert g.mode == "hybrid" and g.num_tokens == len(g.token_ids) == len(g.latents)
@@ -192,13 +253,26 @@ def test_one_slot_runs_the_thinking_model_on_its_decoding_layout(pair, monkeypat
     layouts = spy_layouts(monkeypatch)
     steering, row = random_steering(), prompts(tokenizer)[1]
     (sample,) = run_hybrid(
-        thinking, base, [row], [row], steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
+        thinking,
+        base,
+        [row],
+        [row],
+        steering,
+        coefficients=COEFFICIENTS,
+        max_new_tokens=NEW,
         eos_ids=(1,),
-    )  # fmt: skip
+    )
     ref = hybrid_reference(
-        thinking, base, row, row, steering, coefficients=COEFFICIENTS, max_new_tokens=NEW,
-        eos_ids=(1,), key=jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0),
-    )  # fmt: skip
+        thinking,
+        base,
+        row,
+        row,
+        steering,
+        coefficients=COEFFICIENTS,
+        max_new_tokens=NEW,
+        eos_ids=(1,),
+        key=jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0),
+    )
     assert layouts and set(layouts) == {(True, False)}
     assert sample.tokens.tolist() == ref.tokens
     assert sample.coefficients.tolist() == ref.coefficients
@@ -209,9 +283,16 @@ def test_generate_through_one_slot_equals_a_slot_per_prompt(pair, monkeypatch):
     thinking, base, tokenizer = pair
     steering = random_steering()
     run = lambda slots: hybrid_generate(
-        thinking, base, tokenizer, list(QUESTIONS), steering, coefficients=COEFFICIENTS,
-        max_new_tokens=NEW, slots=slots, ablation="random_latent",
-    )  # fmt: skip
+        thinking,
+        base,
+        tokenizer,
+        list(QUESTIONS),
+        steering,
+        coefficients=COEFFICIENTS,
+        max_new_tokens=NEW,
+        slots=slots,
+        ablation="random_latent",
+    )
     together = run(None)
     layouts = spy_layouts(monkeypatch)
     alone = run(1)
@@ -247,9 +328,14 @@ def test_coefficient_zero_is_the_base_model_alone(pair):
     the hybrid writes what the base model writes prompted alone (mode plain): the control run."""
     thinking, base, tokenizer = pair
     out = hybrid_generate(
-        thinking, base, tokenizer, list(QUESTIONS), random_steering(), coefficients=(0.0,),
+        thinking,
+        base,
+        tokenizer,
+        list(QUESTIONS),
+        random_steering(),
+        coefficients=(0.0,),
         max_new_tokens=NEW,
-    )  # fmt: skip
+    )
     alone = jaxthink.generate(base, tokenizer, list(QUESTIONS), "plain", max_new_tokens=NEW)
     assert [g.token_ids for g in out] == [g.token_ids for g in alone]
     assert any(g.steered_tokens for g in out)  # the models did disagree

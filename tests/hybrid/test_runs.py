@@ -144,40 +144,103 @@ def test_stages_end_to_end_into_the_hybrid_cli(tmp_path, capsys):
         for r in generate_problems(12, [2, 3, 4], seed=0):
             f.write(json.dumps({"question": r["question"], "think": r["think"]}) + "\n")
     sae_run = tmp_path / "sae"
-    train_main(["sae", f"model={thinking}", f"traces={traces}", "layers=2", "latents=3",
-                "min_words=1", "sae.max_epochs=5", f"run_dir={sae_run}"])  # fmt: skip
+    train_main(
+        [
+            "sae",
+            f"model={thinking}",
+            f"traces={traces}",
+            "layers=2",
+            "latents=3",
+            "min_words=1",
+            "sae.max_epochs=5",
+            f"run_dir={sae_run}",
+        ]
+    )
     summary = json.loads((sae_run / "summary.json").read_text())
     assert [(r["layer"], r["n_latents"]) for r in summary["grid"]] == [(2, 3)]
     assert (sae_run / "layer2" / "n3" / "taxonomy.md").read_text().startswith("# Reasoning")
     sae_file = sae_run / "layer2" / "n3" / "sae.npz"
     written = sae_file.stat().st_mtime_ns
     capsys.readouterr()
-    train_main(["sae", f"model={thinking}", f"traces={traces}", "layers=2", "latents=3,4",
-                "min_words=1", "sae.max_epochs=5", f"run_dir={sae_run}", "on_change=resume"])  # fmt: skip
+    train_main(
+        [
+            "sae",
+            f"model={thinking}",
+            f"traces={traces}",
+            "layers=2",
+            "latents=3,4",
+            "min_words=1",
+            "sae.max_epochs=5",
+            f"run_dir={sae_run}",
+            "on_change=resume",
+        ]
+    )
     assert "resumed: 12 traces" in capsys.readouterr().out  # the grid grew: only n=4 trains
     assert sae_file.stat().st_mtime_ns == written
     again = json.loads((sae_run / "summary.json").read_text())
     assert again["grid"][0] == summary["grid"][0] and again["grid"][1]["n_latents"] == 4
     with pytest.raises(SystemExit):  # another grid without on_change: refused
-        train_main(["sae", f"model={thinking}", f"traces={traces}", "layers=2", "latents=3",
-                    "min_words=1", "sae.max_epochs=5", f"run_dir={sae_run}"])  # fmt: skip
+        train_main(
+            [
+                "sae",
+                f"model={thinking}",
+                f"traces={traces}",
+                "layers=2",
+                "latents=3",
+                "min_words=1",
+                "sae.max_epochs=5",
+                f"run_dir={sae_run}",
+            ]
+        )
     assert "latents: [3, 4] -> [3]" in capsys.readouterr().err
-    train_main(["sae", f"model={thinking}", f"traces={traces}", "layers=2", "latents=3",
-                "min_words=1", "sae.max_epochs=5", f"run_dir={sae_run}", "on_change=restart"])  # fmt: skip
+    train_main(
+        [
+            "sae",
+            f"model={thinking}",
+            f"traces={traces}",
+            "layers=2",
+            "latents=3",
+            "min_words=1",
+            "sae.max_epochs=5",
+            f"run_dir={sae_run}",
+            "on_change=restart",
+        ]
+    )
     assert not (sae_run / "layer2" / "n4").exists()  # starting over removed the grid's SAEs
     assert "resumed" not in capsys.readouterr().out
-    steer = ["steer", f"model={base_dir}", f"sae_run={sae_run}", "sae_layer=2", "latents=3",
-             "layer=1"]  # fmt: skip
+    steer = [
+        "steer",
+        f"model={base_dir}",
+        f"sae_run={sae_run}",
+        "sae_layer=2",
+        "latents=3",
+        "layer=1",
+    ]
     train_main(steer + ["method=mean_diff", f"run_dir={tmp_path / 'mean_diff'}"])
     assert load_steering(tmp_path / "mean_diff" / "steering.npz").norms["bias"] == 0.0
-    train_main(steer + ["training.max_epochs=1", "max_examples=3", "bias_examples=3",
-                        "training.batch_size=4",
-                        f"run_dir={tmp_path / 'optimized'}"])  # fmt: skip
+    train_main(
+        steer
+        + [
+            "training.max_epochs=1",
+            "max_examples=3",
+            "bias_examples=3",
+            "training.batch_size=4",
+            f"run_dir={tmp_path / 'optimized'}",
+        ]
+    )
     path = tmp_path / "optimized" / "steering.npz"
     steering = load_steering(path)
     capsys.readouterr()
-    train_main(steer + ["training.max_epochs=1", "max_examples=3", "bias_examples=3",
-                        "training.batch_size=4", f"run_dir={tmp_path / 'optimized'}"])  # fmt: skip
+    train_main(
+        steer
+        + [
+            "training.max_epochs=1",
+            "max_examples=3",
+            "bias_examples=3",
+            "training.batch_size=4",
+            f"run_dir={tmp_path / 'optimized'}",
+        ]
+    )
     assert "resumed: the bias and 3 vectors" in capsys.readouterr().out  # nothing retrained
     np.testing.assert_array_equal(load_steering(path).vectors, steering.vectors)
     report = json.loads((tmp_path / "optimized" / "report.json").read_text())
@@ -185,9 +248,23 @@ def test_stages_end_to_end_into_the_hybrid_cli(tmp_path, capsys):
     assert report["norms"]["bias"] == pytest.approx(float(np.linalg.norm(steering.bias)))
     assert report["bias"]["examples"] == 3
     capsys.readouterr()
-    infer_main(["--mode", "hybrid", "--model", str(thinking), "--base-model", str(base_dir),
-                "--steering", str(path), "--prompt", "12+9", "--max-new-tokens", "6",
-                "--json"])  # fmt: skip
+    infer_main(
+        [
+            "--mode",
+            "hybrid",
+            "--model",
+            str(thinking),
+            "--base-model",
+            str(base_dir),
+            "--steering",
+            str(path),
+            "--prompt",
+            "12+9",
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["mode"] == "hybrid" and out["num_tokens"] <= 6
     assert out["steered_fraction"] == out["steered_tokens"] / out["num_tokens"]

@@ -12,9 +12,13 @@ from jaxthink.hybrid.study import gap_recovered, grid_name, study_runs
 def test_runs_and_names():
     runs = study_runs([(0.0,), (0.1, 0.2, 0.3)], (0.5, 1.0))
     assert [r.name for r in runs] == [
-        "base", "thinking", "hybrid_0", "hybrid_0.1-0.3x3", "bias_only_0.5-1x2",
+        "base",
+        "thinking",
+        "hybrid_0",
+        "hybrid_0.1-0.3x3",
+        "bias_only_0.5-1x2",
         "random_latent_0.5-1x2",
-    ]  # fmt: skip
+    ]
     assert grid_name((1.0, 2.0, 4.0, 8.0)) == "1-8x4"
     with pytest.raises(ValueError, match="share a name"):
         study_runs([(0.1, 0.3), (0.1, 0.3)], (1.0,))
@@ -28,8 +32,21 @@ def test_gap_recovered():
 
 def test_the_study_on_the_shipped_pair(tmp_path, capsys):
     out = tmp_path / "study"
-    argv = ["hybrid-study", "--out", str(out), "--problems", "1", "--grids", "0;1",
-            "--main-grid", "1", "--max-new-tokens", "48", "--slots", "6"]  # fmt: skip
+    argv = [
+        "hybrid-study",
+        "--out",
+        str(out),
+        "--problems",
+        "1",
+        "--grids",
+        "0;1",
+        "--main-grid",
+        "1",
+        "--max-new-tokens",
+        "48",
+        "--slots",
+        "6",
+    ]
     cli.main(argv)
     study = json.loads((out / "study.json").read_text())
     runs = study["runs"]

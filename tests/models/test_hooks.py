@@ -142,14 +142,20 @@ def test_alternatives_finish_one_token_steered_several_ways_reading_the_cache(pa
     _, _, residual = cached_j(model, token, active, cache, capture_layer=1)
     steering = Steering(vectors, np.tile(coefficients, (b, 1)), layer=1)
     alternatives = alternatives_j(
-        model, residual + steering.delta(residual.dtype), np.repeat(active, 4, 1), cache,
+        model,
+        residual + steering.delta(residual.dtype),
+        np.repeat(active, 4, 1),
+        cache,
         after_layer=1,
-    )  # fmt: skip
+    )
     for j, c in enumerate(coefficients):
         alone, _ = cached_j(
-            model, token, active, cache,
+            model,
+            token,
+            active,
+            cache,
             steer=Steering(vectors, np.full((b, 1), c, np.float32), layer=1),
-        )  # fmt: skip
+        )
         np.testing.assert_allclose(
             np.asarray(alternatives)[:2, j], np.asarray(alone)[:2, 0], atol=1e-5
         )

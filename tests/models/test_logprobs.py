@@ -15,11 +15,22 @@ from jaxthink.models.qwen import Qwen
 from jaxthink.runs.logprobs import token_logprobs
 
 CFG = ModelConfig(
-    architecture="qwen2", vocab_size=4096, hidden_size=32, intermediate_size=64, num_layers=1,
-    num_heads=2, num_kv_heads=1, head_dim=16, rope_theta=1e4, rms_norm_eps=1e-6,
-    tie_word_embeddings=True, qkv_bias=True, o_bias=False, qk_norm=False,
+    architecture="qwen2",
+    vocab_size=4096,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    rope_theta=1e4,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    qkv_bias=True,
+    o_bias=False,
+    qk_norm=False,
     max_position_embeddings=512,
-)  # fmt: skip
+)
 B, T = 2, 40
 
 

@@ -15,9 +15,12 @@ from tests.hf_models import write_tiny_hf
 # (Llama 3's with an original context of 32: every band of its scaling - kept, interpolated,
 # divided - is used by 16-dimensional heads).
 LLAMA3 = dict(
-    rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+    rope_type="llama3",
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
     original_max_position_embeddings=32,
-)  # fmt: skip
+)
 VARIANTS = {
     "qwen2-gqa1-untied": ("qwen2", dict(num_attention_heads=4, num_key_value_heads=4)),
     "qwen2-gqa2-tied": ("qwen2", dict(tie_word_embeddings=True)),

@@ -21,9 +21,13 @@ from jaxthink.runs.model import build_model
 from jaxthink.sft.data import sft_batches
 
 SPEC = ModelSpec(
-    hidden_size=32, intermediate_size=64, num_layers=1, num_heads=8, num_kv_heads=8,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=1,
+    num_heads=8,
+    num_kv_heads=8,
     tie_word_embeddings=False,
-)  # fmt: skip
+)
 # eps well above the gradients' rounding differences: at step 1 Adam's update is g / (|g| + eps), which
 # for gradients near eps would magnify float noise into the parameters.
 OPTIM = OptimConfig(lr=1e-3, eps=1e-3, schedule="constant", warmup_ratio=0.0, weight_decay=0.1)

@@ -31,7 +31,7 @@ from tests.multidevice.tiny_training import (
     sft_batch,
     tiny_model,
     with_old_and_ref,
-)  # fmt: skip
+)
 
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 1, 8), (1, 4, 2)]
 

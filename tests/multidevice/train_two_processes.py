@@ -39,7 +39,7 @@ from tests.multidevice.tiny_training import (
     max_diff,
     sft_batch,
     tiny_model,
-)  # fmt: skip
+)
 
 
 def sft_step(graphdef, params, batch, layout=None):

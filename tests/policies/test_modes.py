@@ -41,9 +41,14 @@ def gen(demo_like, mode, questions=QUESTIONS, **kw):
 
 @pytest.mark.parametrize(
     "text, name, value",
-    [("think", "think", None), ("think_budget=512", "think_budget", 512),
-     ("thinkless=64", "thinkless", 64), ("extend=2", "extend", 2), (" no_think ", "no_think", None)],
-)  # fmt: skip
+    [
+        ("think", "think", None),
+        ("think_budget=512", "think_budget", 512),
+        ("thinkless=64", "thinkless", 64),
+        ("extend=2", "extend", 2),
+        (" no_think ", "no_think", None),
+    ],
+)
 def test_parse_mode(text, name, value):
     mode = parse_mode(text)
     assert (mode.name, mode.value) == (name, value)
@@ -56,10 +61,15 @@ def test_a_comma_list_is_a_sweep():
 
 @pytest.mark.parametrize(
     "text, message",
-    [("bogus", "unknown mode 'bogus'"), ("think_budget", "needs a value: think_budget=N"),
-     ("think_budget=0", "positive integer"), ("think_budget=-3", "positive integer"),
-     ("think_budget=ab", "'ab' is not an integer"), ("no_think=3", "takes no value")],
-)  # fmt: skip
+    [
+        ("bogus", "unknown mode 'bogus'"),
+        ("think_budget", "needs a value: think_budget=N"),
+        ("think_budget=0", "positive integer"),
+        ("think_budget=-3", "positive integer"),
+        ("think_budget=ab", "'ab' is not an integer"),
+        ("no_think=3", "takes no value"),
+    ],
+)
 def test_bad_mode_strings_are_refused_with_the_list_of_modes(text, message):
     with pytest.raises(ModeError, match=message) as err:
         parse_mode(text)
@@ -89,8 +99,11 @@ def test_finish_line_lets_the_line_end_within_ten_percent(demo_like):
     for g, f in zip(gen(demo_like, "think_budget=20", options=opts, max_new_tokens=60), free):
         thought = f.token_ids[1:]
         newline = lambda t: "\n" in [k for k, v in VOCAB.items() if v == t][0]
-        stop = next(c for c in range(budget, budget + grace + 1)
-                    if c == budget + grace or newline(thought[c - 1]))  # fmt: skip
+        stop = next(
+            c
+            for c in range(budget, budget + grace + 1)
+            if c == budget + grace or newline(thought[c - 1])
+        )
         assert g.num_thinking_tokens == stop <= budget + grace
         assert g.token_ids[: stop + 2] == f.token_ids[: stop + 1] + [VOCAB[END_THINK]]
 
@@ -115,8 +128,9 @@ def test_thinkless_lets_the_model_pick_a_control_token(demo_like):
         assert g.chosen_mode == ("short" if short > think else "think")
 
 
-@pytest.mark.parametrize("mode, first, chosen", [("short", SHORT, "short"),
-                                                 ("think_forced", THINK, "think")])  # fmt: skip
+@pytest.mark.parametrize(
+    "mode, first, chosen", [("short", SHORT, "short"), ("think_forced", THINK, "think")]
+)
 def test_forced_control_tokens(demo_like, mode, first, chosen):
     for g in gen(demo_like, mode):
         assert g.token_ids[0] == VOCAB[first] and g.chosen_mode == chosen
@@ -129,7 +143,10 @@ def test_mixed_mode_batch_equals_rows_run_alone(demo_like):
     for q, m, g in zip(questions, modes, mixed, strict=True):
         alone = gen(demo_like, m, [q])[0]
         assert (g.token_ids, g.mode, g.num_thinking_tokens) == (
-            alone.token_ids, alone.mode, alone.num_thinking_tokens)  # fmt: skip
+            alone.token_ids,
+            alone.mode,
+            alone.num_thinking_tokens,
+        )
 
 
 def test_changing_only_mode_numbers_does_not_recompile(demo_like):
@@ -164,9 +181,12 @@ def test_thinkless_needs_short_token(qwen_r1_tokenizer):
 
 @pytest.mark.parametrize(
     "kw, message",
-    [(dict(n=0), "at least 1"), (dict(max_new_tokens=0), "at least 1"),
-     (dict(max_new_tokens=250), "does not fit the model's context of 256")],
-)  # fmt: skip
+    [
+        (dict(n=0), "at least 1"),
+        (dict(max_new_tokens=0), "at least 1"),
+        (dict(max_new_tokens=250), "does not fit the model's context of 256"),
+    ],
+)
 def test_bad_requests_are_refused_before_compiling(demo_like, kw, message):
     before = dict(sampler.TRACE_COUNT)
     with pytest.raises(ValueError, match=message):
@@ -180,11 +200,15 @@ def test_bad_requests_are_refused_before_compiling(demo_like, kw, message):
 def scripted_run(sampled, budget=NO_BUDGET, grace=0, extend=0, wait=(90, 91)):
     """Feeds a fixed sequence of 'sampled' tokens through the policy of one thinking row."""
     tokenizer_tokens = pol.PolicyTokens(
-        think=jnp.int32(3), end_think=jnp.int32(4), short=jnp.int32(5),
-        end_seq=jnp.array([4, 80, 81], jnp.int32), wait_seq=jnp.array(list(wait) + [-1], jnp.int32),
-        newline=jnp.zeros(102, bool).at[6].set(True), eos=jnp.zeros(102, bool).at[1].set(True),
+        think=jnp.int32(3),
+        end_think=jnp.int32(4),
+        short=jnp.int32(5),
+        end_seq=jnp.array([4, 80, 81], jnp.int32),
+        wait_seq=jnp.array(list(wait) + [-1], jnp.int32),
+        newline=jnp.zeros(102, bool).at[6].set(True),
+        eos=jnp.zeros(102, bool).at[1].set(True),
         stop=jnp.zeros(102, bool),
-    )  # fmt: skip
+    )
     one = lambda v: jnp.array([v], jnp.int32)
     params = pol.PolicyParams(one(THINKING), one(FREE), one(budget), one(grace), one(extend))
     state = pol.init_state(params, 3)

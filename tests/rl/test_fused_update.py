@@ -95,11 +95,22 @@ def test_token_shares_add_up_to_the_loss_and_its_gradient(name, per_token):
 # --- the softmax's backward pass and the fused head ---------------------------------------------
 
 CFG = ModelConfig(
-    architecture="qwen2", vocab_size=3000, hidden_size=32, intermediate_size=64, num_layers=1,
-    num_heads=2, num_kv_heads=1, head_dim=16, rope_theta=1e4, rms_norm_eps=1e-6,
-    tie_word_embeddings=True, qkv_bias=True, o_bias=False, qk_norm=False,
+    architecture="qwen2",
+    vocab_size=3000,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    rope_theta=1e4,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    qkv_bias=True,
+    o_bias=False,
+    qk_norm=False,
     max_position_embeddings=256,
-)  # fmt: skip
+)
 B, T = 3, 21
 
 
@@ -290,11 +301,17 @@ def test_rl_step_skips_only_the_old_logprobs_it_does_not_need(
     model, tokenizer = tiny
     rows = len(LENGTHS)
     rollout = Rollout(
-        batch["prompt_tokens"], batch["prompt_valid"], batch["response_tokens"],
-        batch["response_mask"], rewards=np.array([1.0, -1, 0.5, -1, 1, 0.5], np.float32),
-        think=np.arange(rows) % 2 == 0, correct=np.ones(rows, bool),
-        truncated=np.zeros(rows, bool), lengths=np.array(LENGTHS, np.int32), generations=[],
-    )  # fmt: skip
+        batch["prompt_tokens"],
+        batch["prompt_valid"],
+        batch["response_tokens"],
+        batch["response_mask"],
+        rewards=np.array([1.0, -1, 0.5, -1, 1, 0.5], np.float32),
+        think=np.arange(rows) % 2 == 0,
+        correct=np.ones(rows, bool),
+        truncated=np.zeros(rows, bool),
+        lengths=np.array(LENGTHS, np.int32),
+        generations=[],
+    )
     monkeypatch.setattr(rl_module, "collect", lambda *a, **k: rollout)
     cfg = RLConfig(
         rollout=RolloutConfig(group_size=2, prompts_per_step=3, temperature=TEMPERATURE),

@@ -106,9 +106,14 @@ def test_trainer_loss_equals_policy_loss_on_forward_logprobs(tiny, batch, name):
     model, _ = tiny
     logp, entropy = direct_logprobs(model, batch)
     expected, _ = policy_loss(
-        logp, batch["old_logp"], batch["advantages"], batch["response_mask"], CONFIGS[name],
-        ref_logp=batch["ref_logp"], entropy=entropy,
-    )  # fmt: skip
+        logp,
+        batch["old_logp"],
+        batch["advantages"],
+        batch["response_mask"],
+        CONFIGS[name],
+        ref_logp=batch["ref_logp"],
+        entropy=entropy,
+    )
     graphdef, params = nnx.split(model)
     rows = len(LENGTHS)
     losses = trainer_losses(graphdef, params, mini_batches(batch, np.arange(rows), 1, rows)[0])
@@ -156,12 +161,23 @@ def test_truncated_thinking_is_wrong_even_with_the_right_answer():
 
     def gen(text, ids, mode):
         return Generation(
-            prompt="1+1", prompt_ids=[7], text=text, thinking="", answer="", mode="thinkless",
+            prompt="1+1",
+            prompt_ids=[7],
+            text=text,
+            thinking="",
+            answer="",
+            mode="thinkless",
             chosen_mode=mode,
-            token_ids=ids, logprobs=[], num_thinking_tokens=0, num_answer_tokens=0,
-            num_tokens=len(ids), confidence=0.0, finish_reason="length", budget_forced=False,
+            token_ids=ids,
+            logprobs=[],
+            num_thinking_tokens=0,
+            num_answer_tokens=0,
+            num_tokens=len(ids),
+            confidence=0.0,
+            finish_reason="length",
+            budget_forced=False,
             seconds=0.0,
-        )  # fmt: skip
+        )
 
     end_think = 4
     gens = [
@@ -184,11 +200,17 @@ def test_training_advantages_by_response_baseline(baseline):
     rewards = np.array([1.0, 0.8, 0.8, 1.0, 1.0, -1.0, -1.0, 0.8], np.float32)
     think = np.array([0, 1, 1, 0, 0, 0, 1, 1], bool)
     rollout = Rollout(
-        prompt_tokens=np.zeros((8, 4), np.int32), prompt_valid=np.ones((8, 4), bool),
-        response_tokens=np.zeros((8, 6), np.int32), response_mask=np.ones((8, 6), np.float32),
-        rewards=rewards, think=think, correct=rewards > 0, truncated=np.zeros(8, bool),
-        lengths=np.full(8, 6, np.int32), generations=[],
-    )  # fmt: skip
+        prompt_tokens=np.zeros((8, 4), np.int32),
+        prompt_valid=np.ones((8, 4), bool),
+        response_tokens=np.zeros((8, 6), np.int32),
+        response_mask=np.ones((8, 6), np.float32),
+        rewards=rewards,
+        think=think,
+        correct=rewards > 0,
+        truncated=np.zeros(8, bool),
+        lengths=np.full(8, 6, np.int32),
+        generations=[],
+    )
     cfg = RLConfig(
         rollout=RolloutConfig(group_size=4, prompts_per_step=2),
         normalize_std=True,

@@ -49,12 +49,20 @@ def test_trl_side_alone_says_how_to_install_it(checkpoint, monkeypatch, capsys):
 
 def fake_result(name: str, seconds: float) -> dict:
     return {
-        "model": name, "params_m": 19.89, "rows": 64, "seconds_rollout": seconds / 2,
-        "seconds_logprobs": 0.0, "seconds_update": seconds / 2, "seconds": seconds,
-        "generated_tokens": 4096.0, "rollout_tokens_per_s": 8192 / seconds,
-        "tokens_per_s": 6144 / seconds, "cpu_seconds": 1.5 * seconds, "peak_rss_gb": 1.5,
+        "model": name,
+        "params_m": 19.89,
+        "rows": 64,
+        "seconds_rollout": seconds / 2,
+        "seconds_logprobs": 0.0,
+        "seconds_update": seconds / 2,
+        "seconds": seconds,
+        "generated_tokens": 4096.0,
+        "rollout_tokens_per_s": 8192 / seconds,
+        "tokens_per_s": 6144 / seconds,
+        "cpu_seconds": 1.5 * seconds,
+        "peak_rss_gb": 1.5,
         "step_rss_gb": 0.5,
-    }  # fmt: skip
+    }
 
 
 def test_side_by_side_table_and_ratio(checkpoint, monkeypatch, capsys):

@@ -142,9 +142,14 @@ def test_killed_run_resumes_to_the_same_parameters(sft_run, tmp_path):
     the result equals the uninterrupted in-process run (the `sft_run` fixture)."""
     run_dir = tmp_path / "killed"
     command = [
-        sys.executable, "-m", "train", "sft", "--config", str(sft_run / "config.yaml"),
+        sys.executable,
+        "-m",
+        "train",
+        "sft",
+        "--config",
+        str(sft_run / "config.yaml"),
         f"run_dir={run_dir}",
-    ]  # fmt: skip
+    ]
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache")}
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
@@ -283,10 +288,22 @@ def test_rl_logs_every_metric_and_plots_the_think_ratio(rl_run):
     records = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 11))
     expected = {
-        "reward", "accuracy", "think_ratio", "accuracy_short", "length_short", "kl_mean",
-        "clip_frac", "entropy_mean", "grad_norm", "loss", "seconds_rollout", "seconds_logprobs",
-        "seconds_update", "seconds_checkpoint", "tokens_per_s",
-    }  # fmt: skip
+        "reward",
+        "accuracy",
+        "think_ratio",
+        "accuracy_short",
+        "length_short",
+        "kl_mean",
+        "clip_frac",
+        "entropy_mean",
+        "grad_norm",
+        "loss",
+        "seconds_rollout",
+        "seconds_logprobs",
+        "seconds_update",
+        "seconds_checkpoint",
+        "tokens_per_s",
+    }
     assert expected <= set(records[-1])
     assert all(0.0 <= r["think_ratio"] <= 1.0 for r in records)
     assert (run_dir / "think_ratio.png").stat().st_size > 1000

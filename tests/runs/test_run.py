@@ -118,13 +118,22 @@ def test_the_step_loop_shows_a_bar_on_a_terminal_and_calls_on_save(monkeypatch):
 
     def one_step(s):
         return runlib.TrainState(s.step + 1, s.params + 1, s.opt_state, s.rng), {
-            "step": s.step + 1, "loss": 1.0 / (s.step + 1)}  # fmt: skip
+            "step": s.step + 1,
+            "loss": 1.0 / (s.step + 1),
+        }
 
     log = SimpleNamespace(write=records.append)
     final = runlib.train_steps(
-        cfg, ckpt, state, data, one_step, log, logged.append, ("loss",),
+        cfg,
+        ckpt,
+        state,
+        data,
+        one_step,
+        log,
+        logged.append,
+        ("loss",),
         on_save=lambda: saved.append(ckpt.latest_step()),
-    )  # fmt: skip
+    )
     assert final.step == 4 and saved == [2, 4] and [r["step"] for r in records] == [1, 2, 3, 4]
     assert logged == ["step 4 | loss 0.25"]  # the last step is always logged
     assert "4/4" in err.getvalue() and "loss=0.25" in err.getvalue()

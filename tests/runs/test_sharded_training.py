@@ -47,8 +47,12 @@ def last_json(stdout: str) -> dict:
 def meshes(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-m", "tests.multidevice.train_on_meshes", tmp_path_factory.mktemp("m")],
-        cwd=ROOT, env=environment(8), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=environment(8),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return last_json(proc.stdout)
 
@@ -73,9 +77,13 @@ def test_logprobs_on_a_mesh_equal_one_device(meshes, mesh):
 
 @pytest.mark.parametrize(
     "mesh, q_shard, up_shard",
-    [("8x1x1", [32, 8, 4], [32, 64]), ("2x2x2", [16, 4, 4], [16, 32]),
-     ("1x1x8", [32, 1, 4], [32, 8]), ("1x4x2", [8, 4, 4], [8, 32])],
-)  # fmt: skip
+    [
+        ("8x1x1", [32, 8, 4], [32, 64]),
+        ("2x2x2", [16, 4, 4], [16, 32]),
+        ("1x1x8", [32, 1, 4], [32, 8]),
+        ("1x4x2", [8, 4, 4], [8, 32]),
+    ],
+)
 def test_each_device_holds_only_its_shard_of_the_training_state(meshes, mesh, q_shard, up_shard):
     m = meshes["meshes"][mesh]
     assert m["q_global"] == [32, 8, 4] and m["num_devices"] == 8
@@ -130,15 +138,19 @@ def two_processes(tmp_path_factory):
                     env=environment(2),
                     stdout=subprocess.DEVNULL,
                     stderr=out,
-                )  # fmt: skip
+                )
             )
     wait_together(workers)
     for worker, log in zip(workers, logs):
         assert worker.returncode == 0, log.read_text()[-4000:]
     proc = subprocess.run(
         [sys.executable, "-m", module, "check", str(directory)],
-        cwd=ROOT, env=environment(1), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=environment(1),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return last_json(proc.stdout)
 

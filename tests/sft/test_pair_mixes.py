@@ -25,10 +25,18 @@ def samples(tokenizer, config: str) -> list[str]:
     """The decoded samples (prompt + response) of the config's first two batches."""
     cfg = load_config(SFTConfig, DEMO / config)
     records = generate_problems(24, cfg.data.levels, seed=cfg.data.seed)
-    stream = iter(sft_batches(
-        tokenizer, records, seq_len=cfg.seq_len, batch_size=4, seed=0,
-        which=cfg.responses, short_repeats=cfg.short_repeats, prefetch=0,
-    ))  # fmt: skip
+    stream = iter(
+        sft_batches(
+            tokenizer,
+            records,
+            seq_len=cfg.seq_len,
+            batch_size=4,
+            seed=0,
+            which=cfg.responses,
+            short_repeats=cfg.short_repeats,
+            prefetch=0,
+        )
+    )
     texts = []
     for _ in range(2):
         batch = next(stream)
