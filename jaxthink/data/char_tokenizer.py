@@ -35,10 +35,6 @@ SPECIAL_TOKENS = (PAD, EOS, UNK)  # skipped by decode(..., skip_special_tokens=T
 CONTROL_TOKENS = (THINK, END_THINK, SHORT)  # always decoded as themselves
 CHARACTERS = ("\n",) + tuple(chr(c) for c in range(32, 127))
 
-# The demo task's responses go `</think>\boxed{answer}`, so budget forcing continues with
-# `\boxed{`; NoThinking closes an empty thinking block. Exported in the model's config.json.
-MODE_OPTIONS = {"answer_prefix": "\\boxed{", "no_think_text": ""}
-
 # token -> id, stable across builds: specials, control tokens, then the characters.
 VOCAB = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CONTROL_TOKENS + CHARACTERS)}
 

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxthink.data.char_tokenizer import MODE_OPTIONS, build_char_tokenizer
+from jaxthink.data.char_tokenizer import build_char_tokenizer
+from jaxthink.data.records import MODE_OPTIONS
 from jaxthink.distributed import is_main
 from jaxthink.loading import load
 from jaxthink.models import ModelConfig, Qwen

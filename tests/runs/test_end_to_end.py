@@ -26,6 +26,7 @@ from safetensors.numpy import load_file
 
 import jaxthink
 from jaxthink.data.arithmetic import make_record, write_jsonl
+from jaxthink.data.records import MODE_OPTIONS
 from jaxthink.rl.config import RLConfig
 from jaxthink.rl.loop import RLSetup, batch_logprobs, train_rl, training_arrays
 from jaxthink.rl.rollout import collect, rollout_metrics
@@ -124,8 +125,6 @@ def test_sft_export_loads_in_python_m_infer(sft_run, capsys):
 
 
 def test_a_character_model_exports_the_demo_task_mode_options(sft_run):
-    from jaxthink.data.char_tokenizer import MODE_OPTIONS
-
     config = json.loads((sft_run / "hf" / "config.json").read_text())
     assert config["mode_options"] == MODE_OPTIONS  # budget forcing continues with \boxed{
     _, _, cfg = jaxthink.load(sft_run / "hf", tokenizer=False)
