@@ -48,8 +48,8 @@ IN_ORDER = grain.ReadOptions(num_threads=0)
 
 FORMATS = (".jsonl", ".json", ".parquet")
 
-# Models trained on these responses answer `</think>\\boxed{answer}`, so budget forcing goes on
-# with `\\boxed{` and NoThinking closes an empty thinking block: what `python -m train` writes
+# Models trained on these responses answer `</think>\boxed{answer}`, so budget forcing goes on
+# with `\boxed{` and NoThinking closes an empty thinking block: what `python -m train` writes
 # into a fresh model's config.json (jaxthink.policies.ModeOptions.for_model reads it back).
 MODE_OPTIONS = {"answer_prefix": "\\boxed{", "no_think_text": ""}
 
