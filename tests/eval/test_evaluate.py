@@ -13,6 +13,7 @@ import shutil
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 import jaxthink
@@ -372,10 +373,8 @@ def test_coinciding_curves_stay_visible():
 
 
 def test_legends_sit_beside_the_plots_not_on_them(monkeypatch, tmp_path):
-    from matplotlib.figure import Figure
-
     figures = []
-    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig) or path)
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: figures.append(fig) or path)
     summary = report.summarize({"demo": hand_made_rows()}, {"seed": 0})
     report.plot_pass_at_k(summary, tmp_path / "a.png")
     report.plot_pareto(summary, tmp_path / "b.png")
