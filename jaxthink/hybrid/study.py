@@ -212,10 +212,11 @@ def plot_steered(study: dict, path: str | Path) -> Path:
             continue
         x, y, names = zip(*points, strict=True)
         ax.plot(100 * np.array(x), 100 * np.array(y), marker, label=kind.replace("_", " "))
+        if kind != "hybrid":  # the ablations run the main grid; the legend tells them apart
+            continue
         for xi, yi, n in zip(x, y, names, strict=True):
-            grid = n.split("_")[-1]
             ax.annotate(
-                f"c {grid}",
+                f"c {n.split('_')[-1]}",
                 (100 * xi, 100 * yi),
                 fontsize=7,
                 xytext=(4, 3),
@@ -244,7 +245,13 @@ def plot_gap_by_level(study: dict, path: str | Path) -> Path:
         ax.bar(np.arange(len(levels)) + i * width, values, width, label=name)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.axhline(100, color="grey", linestyle="--", linewidth=0.8)
-    ax.set_xticks(np.arange(len(levels)) + width * (len(runs) - 1) / 2, [str(lv) for lv in levels])
+    centre = width * (len(runs) - 1) / 2
+    for j, lv in enumerate(levels):  # where the base model already does what thinking does
+        if lv in study["runs"]["base"]["levels"] and all(
+            r["levels"][lv]["gap_recovered"] is None for r in runs.values()
+        ):
+            ax.text(j + centre, 5, "no gap", ha="center", fontsize=8, color="grey")
+    ax.set_xticks(np.arange(len(levels)) + centre, [str(lv) for lv in levels])
     ax.set_xlabel("level")
     ax.set_ylabel("gap recovered (%)")
     ax.set_title("(hybrid - base) / (thinking - base), per level")
