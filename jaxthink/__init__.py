@@ -11,7 +11,7 @@ the record format and the demo task, hybrid/ the whole hybrid method.
 
 from jaxthink.decode import GenerateConfig, Generation, Generations, generate
 from jaxthink.hybrid.decoding import HybridGeneration, hybrid_generate
-from jaxthink.loading import demo_model_dir, load
+from jaxthink.loading import demo_model_dir, demo_pair_dir, load
 from jaxthink.models import ModelConfig, Qwen, export_hf, forward, forward_cached, init_cache
 from jaxthink.policies import Mode, ModeOptions, parse_mode, parse_modes
 
@@ -25,6 +25,7 @@ __all__ = [
     "ModelConfig",
     "Qwen",
     "demo_model_dir",
+    "demo_pair_dir",
     "export_hf",
     "forward",
     "forward_cached",
