@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 import transformers
 
+from jaxthink.data.char_tokenizer import VOCAB, build_char_tokenizer
+
 BASE = dict(
     vocab_size=512,
     hidden_size=64,
@@ -66,7 +68,5 @@ def write_tiny_hf(directory: Path, family: str = "qwen2", seed: int = 0, **overr
 
 def write_char_checkpoint(directory: Path, family: str = "qwen2", seed: int = 0, **overrides):
     """A tiny random model with the demo's character tokenizer: a full checkpoint directory."""
-    from jaxthink.data.char_tokenizer import VOCAB, build_char_tokenizer
-
     build_char_tokenizer(directory)
     return write_tiny_hf(directory, family, seed, vocab_size=len(VOCAB), **overrides)

@@ -11,12 +11,16 @@ import io
 import json
 
 import pytest
+from transformers import AutoTokenizer
 
 import jaxthink
+from infer.cli import demo_examples, main
 from jaxthink.data import generate_problems
 from jaxthink.data.arithmetic import boxed, true_answer
+from jaxthink.data.char_tokenizer import build_char_tokenizer
 from jaxthink.eval import extract_answer
 from jaxthink.loading import demo_model_dir
+from jaxthink.tokenizer import format_prompt
 
 PER_LEVEL = 40  # problems per level: 240 held-out problems in all
 
@@ -86,8 +90,6 @@ def test_direct_answers_hold_on_the_easiest_level_and_fail_on_the_hardest(demo, 
 
 
 def test_main_command_answers_the_built_in_examples(capsys, monkeypatch):
-    from infer.cli import demo_examples, main
-
     monkeypatch.setattr("sys.stdin", io.StringIO(""))  # no prompts given
     main(["--mode", "think_budget=512", "--json"])
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
@@ -97,8 +99,6 @@ def test_main_command_answers_the_built_in_examples(capsys, monkeypatch):
 
 
 def test_a_free_text_prompt_is_read_as_the_task_question(capsys):
-    from infer.cli import main
-
     main(["--prompt", "What is 4821 + 967?", "--json", "--mode", "think"])
     (row,) = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert (row["prompt"], row["answer"]) == ("What is 4821 + 967?", "\\boxed{5788}")
@@ -107,10 +107,6 @@ def test_a_free_text_prompt_is_read_as_the_task_question(capsys):
 def test_free_text_reads_as_the_task_question_on_every_path(demo, tmp_path):
     """The checkpoint's chat template (the shipped model's, and any built on the character
     tokenizer, as `python -m train` builds them) writes free text as the task's question."""
-    from transformers import AutoTokenizer
-
-    from jaxthink.data.char_tokenizer import build_char_tokenizer
-    from jaxthink.tokenizer import format_prompt
 
     model, tokenizer, _ = demo
     fresh = AutoTokenizer.from_pretrained(build_char_tokenizer(tmp_path), local_files_only=True)

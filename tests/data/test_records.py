@@ -1,6 +1,7 @@
 """SFT samples and RL prompts: tokens, loss masks, truncation, packing, the forward over packed
 rows, and data streams that are deterministic and resume where they stopped."""
 
+import copy
 import json
 
 import jax
@@ -12,7 +13,13 @@ from jaxthink.data.records import DataSource, prompt_batches, read_records
 from jaxthink.models import forward
 from jaxthink.runs.config import ModelSpec
 from jaxthink.runs.model import build_model
-from jaxthink.sft.data import responses_of, sample_pairs, sft_batches, tokenize
+from jaxthink.sft.data import (
+    check_control_tokens,
+    responses_of,
+    sample_pairs,
+    sft_batches,
+    tokenize,
+)
 
 RECORD = make_record("12+9", 1)
 
@@ -164,9 +171,6 @@ def test_forward_over_packed_rows_equals_forward_on_each_sample(tiny):
 
 
 def test_paired_data_needs_the_control_token_first_in_the_response(tiny):
-    import copy
-
-    from jaxthink.sft.data import check_control_tokens
 
     _, tok = tiny
     responses = ["<short>\\boxed{3}"]

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from infer import bench
 from jaxthink.decode.choice import (
     CANDIDATES,
     REJECTION_ATTEMPTS,
@@ -292,8 +293,6 @@ def test_check_sampling_accepts_the_edges():
 
 def test_sampling_bench_prints_one_row_per_model_and_setting(capsys):
     """`python -m infer bench --sampling` runs end to end (on a tiny shape: a smoke test)."""
-    from infer import bench
-
     bench.sampling_costs(2, 3, 16, repeats=1, shape=bench.SHAPES["tiny"])
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")][1:]
     assert [r.split("|")[1].strip() for r in rows] == ["as initialised"] * 3 + ["spread"] * 3

@@ -5,9 +5,12 @@ import time
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 import jaxthink
+from infer import bench_slots
 from infer.bench import hf_greedy
+from infer.bench_slots import skewed_lengths
 from jaxthink.decode import engine, sampler
 from jaxthink.decode.generate import GenerateConfig, policy_tokens, prompt_key
 from tests.decode.test_sampler import PROMPTS, plain_tokens
@@ -180,16 +183,12 @@ def test_unknown_settings_are_named(demo_like):
 
 
 def test_bench_slots_prints_a_row_per_workload_with_the_same_tokens(capsys):
-    from infer import bench_slots
-
     bench_slots.main(["--workload", "demo", "--requests", "7", "--slots", "2"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| demo")]
     assert len(rows) == 1 and "| 7 of 7 |" in rows[0]  # static and engine emit the same tokens
 
 
 def test_skewed_lengths_have_a_median_of_an_eighth_of_the_longest():
-    from infer.bench_slots import skewed_lengths
-
     lengths = skewed_lengths(4000, 256)
     assert max(lengths) == 256 and 28 <= np.median(lengths) <= 36
 
@@ -197,8 +196,6 @@ def test_skewed_lengths_have_a_median_of_an_eighth_of_the_longest():
 def test_the_batch_one_layout_is_kept_until_the_weights_change(demo_like):
     """At one slot on CPU the loop runs on a copy of the weights laid out [out, in]: made once
     and reused while the model holds the same arrays, made again after an update."""
-    from flax import nnx
-
     model = demo_like[0]
     first = engine.Engine(model).decoding(1)
     assert engine.Engine(model).decoding(1) is first

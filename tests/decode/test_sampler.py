@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 import jaxthink
-from infer.bench import hf_greedy
+from infer import bench
+from infer.bench import _rounds, end_to_end, hf_greedy
 from jaxthink.decode import sampler
 from jaxthink.policies.modes import ANSWER, FREE, NO_BUDGET
 from jaxthink.policies.policy import PolicyParams, PolicyTokens
@@ -220,8 +221,6 @@ def test_decode_weights_are_out_in_at_batch_one_only(tiny):
 
 def test_bench_prints_one_row_per_model_and_batch(capsys):
     """`python -m infer bench` runs end to end (a smoke test: speed belongs to the printout)."""
-    from infer import bench
-
     argv = ["--shape", "tiny", "--batch", "2", "--new-tokens", "6", "--repeats", "1"]
     bench.main([*argv, "--min-seconds", "0"])
     out = capsys.readouterr().out
@@ -235,8 +234,6 @@ def test_bench_prints_one_row_per_model_and_batch(capsys):
 def test_bench_end_to_end_is_greedy_generate_on_the_kept_layout(tmp_path):
     """The bench's end-to-end call emits transformers' greedy tokens, N a row, as `Generation`s
     in prompt order; a second call runs on the weight layout the first one made."""
-    from infer.bench import end_to_end
-
     hf = write_tiny_hf(tmp_path, "qwen2", tie_word_embeddings=True)
     model, _, _ = jaxthink.load(tmp_path, tokenizer=False)
     expected = hf_greedy(hf, PROMPTS, 12)
@@ -249,8 +246,6 @@ def test_bench_end_to_end_is_greedy_generate_on_the_kept_layout(tmp_path):
 
 
 def test_bench_rounds_run_at_least_repeats_and_fill_min_seconds():
-    from infer.bench import _rounds
-
     assert list(_rounds(3)) == [0, 1, 2]
     start, count = time.perf_counter(), len(list(_rounds(1, min_seconds=0.05)))
     assert count > 1 and time.perf_counter() - start >= 0.05

@@ -8,7 +8,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import jaxthink
-from jaxthink.models import CheckpointError, ConfigError
+from jaxthink.models import CheckpointError, ConfigError, ModelConfig
 from tests.hf_models import write_tiny_hf
 
 
@@ -124,8 +124,6 @@ def test_pickle_only_checkpoint_is_refused(ckpt, tmp_path):
 
 def test_published_qwen25_config_maps_to_the_published_parameter_count():
     """Qwen2.5-0.5B's config.json (as published) -> 494,032,768 parameters."""
-    from jaxthink.models import ModelConfig
-
     cfg = ModelConfig.from_hf(
         {
             "architectures": ["Qwen2ForCausalLM"],

@@ -1,17 +1,21 @@
 """Mode policies end to end on a tiny model with the demo tokenizer, and the policy step alone."""
 
+import dataclasses
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
 import jaxthink
 from jaxthink.data.char_tokenizer import END_THINK, EOS, SHORT, THINK, VOCAB
 from jaxthink.decode import sampler
-from jaxthink.decode.generate import policy_tokens
-from jaxthink.models import forward
+from jaxthink.decode.generate import policy_tokens, prepare
+from jaxthink.models import ModelConfig, forward
 from jaxthink.policies import ModeError, ModeOptions, parse_mode, parse_modes
 from jaxthink.policies import policy as pol
 from jaxthink.policies.modes import FREE, NO_BUDGET
@@ -110,7 +114,6 @@ def test_finish_line_lets_the_line_end_within_ten_percent(demo_like):
 
 def test_no_think_prefills_a_finished_thinking_block(demo_like):
     model, tokenizer = demo_like
-    from jaxthink.decode.generate import prepare
 
     req = prepare(tokenizer, QUESTIONS[:1], "no_think", ModeOptions(), chat=True)
     assert req.prompts[0] == "Q: 12+7\nA:<think>\nOkay, I think I have finished thinking.\n</think>"
@@ -165,7 +168,6 @@ def test_think_modes_need_thinking_delimiters(tmp_path):
     vocab = {"<pad>": 0, "<eos>": 1, "a": 2}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    from transformers import PreTrainedTokenizerFast
 
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token="<pad>")
     with pytest.raises(ModeError, match="needs the tokens <think> and </think>"):
@@ -248,8 +250,6 @@ def test_policy_tokens_from_the_tokenizer(demo_like):
 
 
 def test_a_checkpoint_names_its_own_mode_options(tmp_path):
-    import json
-
     write_char_checkpoint(tmp_path, seed=6)
     config = json.loads((tmp_path / "config.json").read_text())
     config["mode_options"] = {"answer_prefix": "\\boxed{", "no_think_text": ""}
@@ -263,9 +263,6 @@ def test_a_checkpoint_names_its_own_mode_options(tmp_path):
 
 
 def test_unknown_checkpoint_mode_options_are_refused():
-    import dataclasses
-
-    from jaxthink.models import ModelConfig
 
     cfg = ModelConfig(
         "Qwen2ForCausalLM", 8, 8, 8, 1, 1, 1, 8, 1e4, 1e-6, True, True, False, False, 64
@@ -341,7 +338,6 @@ def test_plain_runs_a_tokenizer_without_thinking_delimiters(demo_like):
     vocab = {"<pad>": 0, "<eos>": 1, "a": 2, "b": 3}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    from transformers import PreTrainedTokenizerFast
 
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
     with pytest.raises(ModeError, match="mode plain runs it as it is"):
@@ -352,8 +348,6 @@ def test_plain_runs_a_tokenizer_without_thinking_delimiters(demo_like):
 
 
 def test_a_system_prompt_reaches_the_template(demo_like):
-    from jaxthink.decode.generate import prepare
-
     _, tokenizer = demo_like
     plain = prepare(tokenizer, ["1+1"], "plain", ModeOptions(), chat=True)
     with_system = prepare(tokenizer, ["1+1"], "plain", ModeOptions(), True, "Be brief.")

@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 import jaxthink
+from jaxthink.decode.generate import Generation
 from jaxthink.decode.sampler import left_pad
 from jaxthink.rl import LossConfig, RewardConfig, group_advantages, mode_advantages, policy_loss
 from jaxthink.rl.config import RLConfig, RolloutConfig
@@ -21,8 +22,9 @@ from jaxthink.rl.loop import (
     rl_step,
     training_arrays,
 )
-from jaxthink.rl.rollout import Rollout, response_width, right_pad
+from jaxthink.rl.rollout import Rollout, collect, response_width, right_pad, score
 from jaxthink.runs.config import ModelSpec
+from jaxthink.runs.logprobs import response_logprobs
 from jaxthink.runs.mesh import Layout
 from jaxthink.runs.model import build_model
 from jaxthink.sharding import MeshConfig, make_mesh
@@ -156,8 +158,6 @@ def test_response_width_is_a_bounded_power_of_two():
 
 
 def test_truncated_thinking_is_wrong_even_with_the_right_answer():
-    from jaxthink.decode.generate import Generation
-    from jaxthink.rl.rollout import score
 
     def gen(text, ids, mode):
         return Generation(
@@ -233,8 +233,6 @@ def test_training_advantages_by_response_baseline(baseline):
 def test_rollout_logprobs_are_the_trainers_on_its_arrays(tiny):
     """The sampler's log-probs of a rollout (rows flowing through fewer slots than rows) equal
     the trainer's recomputation on the rollout's own prompt and response arrays."""
-    from jaxthink.rl.rollout import collect
-    from jaxthink.runs.logprobs import response_logprobs
 
     model, tokenizer = tiny
     records = [{"question": q, "answer": "3"} for q in ("1+2", "34+5", "7-9")]

@@ -25,6 +25,8 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 import jaxthink
+import train.__main__ as train_main
+from infer.cli import main
 from jaxthink.data.arithmetic import make_record, write_jsonl
 from jaxthink.data.records import MODE_OPTIONS
 from jaxthink.rl.config import RLConfig
@@ -104,8 +106,6 @@ def test_a_finished_run_is_not_clobbered_without_resume(sft_run):
 
 
 def test_sft_export_loads_in_python_m_infer(sft_run, capsys):
-    from infer.cli import main
-
     main(
         [
             "--model",
@@ -190,8 +190,6 @@ def test_ctrl_c_saves_the_last_step_and_the_rerun_resumes_from_it(sft_run, data,
 
 
 def test_ctrl_c_in_the_train_command_is_one_line_and_status_130(monkeypatch, capsys):
-    import train.__main__ as train_main
-
     def interrupted(args):
         raise Interrupted(
             "interrupted at step 7; step 7 is saved: rerun the same command to resume"

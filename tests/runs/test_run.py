@@ -5,6 +5,7 @@ import io
 import json
 from types import SimpleNamespace
 
+import jax.numpy as jnp
 import pytest
 
 from jaxthink.runs import run as runlib
@@ -108,8 +109,6 @@ class Terminal(io.StringIO):
 
 
 def test_the_step_loop_shows_a_bar_on_a_terminal_and_calls_on_save(monkeypatch):
-    import jax.numpy as jnp
-
     monkeypatch.setattr("sys.stderr", err := Terminal())
     cfg = SimpleNamespace(steps=4, log_every=100)
     state = runlib.TrainState(0, jnp.zeros(2), jnp.zeros(2), jnp.zeros(2))
