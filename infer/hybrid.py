@@ -56,28 +56,47 @@ def settings_of(args) -> HybridSettings | None:
         return None
     if args.mode != ["hybrid"]:
         raise ValueError("--mode hybrid runs alone: give it as the only --mode")
-    paths = (args.model, args.base_model, args.steering)
-    if not any(paths):
+    paths = pair_paths("--mode hybrid", args.model, args.base_model, args.steering)
+    if args.temperature != 0 or args.n != 1:
+        raise ValueError("--mode hybrid decodes greedily: use --temperature 0 and --n 1")
+    grid = (
+        DEFAULT_COEFFICIENTS
+        if args.coefficients is None
+        else parse_grid(args.coefficients, "--coefficients")
+    )
+    return HybridSettings(*paths, tuple(grid), args.ablation)
+
+
+def pair_paths(command: str, model, base_model, steering) -> tuple[str, str, str]:
+    """(thinking model, base model, steering file) as given, or the shipped demo pair's when none
+    of the three is given; raises ValueError naming the missing flags of a partial set."""
+    if not any((model, base_model, steering)):
         from jaxthink.loading import demo_pair_dir
 
         pair = demo_pair_dir()
-        paths = (str(pair / "thinking"), str(pair / "base"), str(pair / "steering.npz"))
-    elif not args.base_model or not args.steering:
-        raise ValueError("--mode hybrid needs --base-model DIR and --steering FILE")
-    elif args.model is None:
-        raise ValueError("--mode hybrid needs --model THINKING_DIR (the thinking model)")
-    if args.temperature != 0 or args.n != 1:
-        raise ValueError("--mode hybrid decodes greedily: use --temperature 0 and --n 1")
-    text = args.coefficients
-    try:
-        grid = (
-            DEFAULT_COEFFICIENTS if text is None else tuple(float(c) for c in text.split(",") if c)
+        return str(pair / "thinking"), str(pair / "base"), str(pair / "steering.npz")
+    flags = (
+        ("--model THINKING_DIR", model),
+        ("--base-model DIR", base_model),
+        ("--steering FILE", steering),
+    )
+    missing = [flag for flag, value in flags if not value]
+    if missing:
+        raise ValueError(
+            f"{command} needs {' and '.join(missing)} (or none of the three: the shipped demo pair)"
         )
+    return str(model), str(base_model), str(steering)
+
+
+def parse_grid(text: str, flag: str) -> tuple[float, ...]:
+    """`"0.1,0.5,1"` -> (0.1, 0.5, 1.0); raises ValueError naming `flag` for bad or no numbers."""
+    try:
+        grid = tuple(float(c) for c in text.split(",") if c.strip())
     except ValueError:
-        raise ValueError(f"--coefficients {text!r}: expected numbers like 0.5,1.0") from None
+        raise ValueError(f"{flag} {text!r}: expected numbers like 0.1,0.5,1.0") from None
     if not grid:
-        raise ValueError("--coefficients: give at least one coefficient")
-    return HybridSettings(*paths, tuple(grid), args.ablation)
+        raise ValueError(f"{flag} {text!r}: give at least one coefficient")
+    return grid
 
 
 def load_generate(settings: HybridSettings):

@@ -15,6 +15,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from infer.hybrid import pair_paths, parse_grid
+
 
 def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="output directory (one subdirectory per run)")
@@ -40,29 +42,12 @@ def add_arguments(p) -> None:
     p.add_argument("--slots", type=int, default=None, help="decode slots (default: the engine's)")
 
 
-def parse_grid(text: str, flag: str) -> tuple[float, ...]:
-    try:
-        grid = tuple(float(c) for c in text.split(",") if c.strip())
-    except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected numbers like 0.1,0.5,1.0") from None
-    if not grid:
-        raise ValueError(f"{flag} {text!r}: an empty grid")
-    return grid
-
-
 def run_command(args) -> None:
     from jaxthink.hybrid.decoding import DEFAULT_COEFFICIENTS
-    from jaxthink.hybrid.study import DEFAULT_GRIDS, STUDY_MD, run_study
+    from jaxthink.hybrid.study import DEFAULT_GRIDS, run_study, study_markdown
 
     try:
-        paths = (args.model, args.base_model, args.steering)
-        if not any(paths):
-            from jaxthink.loading import demo_pair_dir
-
-            pair = demo_pair_dir()
-            paths = (pair / "thinking", pair / "base", pair / "steering.npz")
-        elif not all(paths):
-            raise ValueError("give all of --model, --base-model and --steering, or none of them")
+        paths = pair_paths("hybrid-study", args.model, args.base_model, args.steering)
         grids = (
             DEFAULT_GRIDS
             if args.grids is None
@@ -74,7 +59,7 @@ def run_command(args) -> None:
             else parse_grid(args.main_grid, "--main-grid")
         )
         problems = _problems(args)
-        run_study(
+        study = run_study(
             *paths,
             problems,
             args.out,
@@ -85,7 +70,7 @@ def run_command(args) -> None:
         )
     except ValueError as e:
         sys.exit(f"python -m infer hybrid-study: error: {e}")
-    print((Path(args.out) / STUDY_MD).read_text(encoding="utf-8"))
+    print(study_markdown(study))
 
 
 def _problems(args):

@@ -206,17 +206,19 @@ def plot_steered(study: dict, path: str | Path) -> Path:
     markers = {"hybrid": "o", "bias_only": "s", "random_latent": "^"}
     for kind, marker in markers.items():
         points = [
-            (r["steered_fraction"], r["accuracy"], n) for n, r in runs.items() if r["kind"] == kind
+            (r["steered_fraction"], r["accuracy"], grid_name(r["coefficients"]))
+            for r in runs.values()
+            if r["kind"] == kind
         ]
         if not points:
             continue
-        x, y, names = zip(*points, strict=True)
+        x, y, grids = zip(*points, strict=True)
         ax.plot(100 * np.array(x), 100 * np.array(y), marker, label=kind.replace("_", " "))
         if kind != "hybrid":  # the ablations run the main grid; the legend tells them apart
             continue
-        for xi, yi, n in zip(x, y, names, strict=True):
+        for xi, yi, grid in zip(x, y, grids, strict=True):
             ax.annotate(
-                f"c {n.split('_')[-1]}",
+                f"c {grid}",
                 (100 * xi, 100 * yi),
                 fontsize=7,
                 xytext=(4, 3),
