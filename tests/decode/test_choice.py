@@ -13,6 +13,7 @@ from infer import bench
 from jaxthink.decode.choice import (
     CANDIDATES,
     REJECTION_ATTEMPTS,
+    RETRY_ROWS,
     check_sampling,
     choose_tokens,
     choose_tokens_and_paths,
@@ -240,15 +241,45 @@ def test_a_rows_draw_depends_on_its_key_and_step_only():
 
 
 def test_a_rejection_rows_draw_depends_on_its_key_and_step_only():
-    """A flat top-p row draws the same token alone or beside rows that need more attempts."""
-    logits = jnp.stack([FLAT, FLAT[::-1], FLAT * 2])
-    keys = jax.random.split(jax.random.key(8), 3)
-    t, k, p = jnp.array([1.0, 0.7, 1.0]), jnp.zeros(3, jnp.int32), jnp.array([0.5, 0.2, 0.1])
+    """A flat top-p row draws the same token alone or beside rows that need more attempts: more
+    of them than are drawn again together (RETRY_ROWS)."""
+    rows = 3 * RETRY_ROWS
+    logits = jnp.stack([FLAT * (1 + 0.1 * i) for i in range(rows)])
+    keys = jax.random.split(jax.random.key(8), rows)
+    t, k, p = jnp.ones(rows), jnp.zeros(rows, jnp.int32), jnp.full(rows, 0.5)
     choose = jax.jit(choose_tokens_and_paths)
     for step in range(8):
-        alone, draws, _ = choose(logits[:1], keys[:1], step, t[:1], k[:1], p[:1])
         batch, batch_draws, _ = choose(logits, keys, step, t, k, p)
-        assert batch[0] == alone[0] and batch_draws[0] == draws[0] >= 1
+        assert (batch_draws > 1).sum() > RETRY_ROWS  # rejected at the first draw
+        for row in (0, 1, rows - 1):
+            one = slice(row, row + 1)
+            alone, draws, _ = choose(logits[one], keys[one], step, t[one], k[one], p[one])
+            assert batch[row] == alone[0] and batch_draws[row] == draws[0] >= 1
+
+
+WIDE_FLAT = jax.random.normal(jax.random.key(3), (4096,)) * 0.1
+
+
+def test_rows_whose_top_p_set_outweighs_the_candidates_draw_by_rejection_alone():
+    """Top-p 0.9 of a flat 4096-token row: p times the row's total weight passes 2 x CANDIDATES
+    (each candidate weighs at most 1), so the row goes to rejection without a look at the
+    candidates, and still draws from the filtered softmax; beside a row that needs the
+    candidates (which are then computed) it draws the same token."""
+    probs = reference_probs(WIDE_FLAT, 1.0, 0, 0.9)
+    assert (probs > 0).sum() > 30 * CANDIDATES
+    counts, draws, bisected = draw_paths(WIDE_FLAT, 1.0, 0, 0.9)
+    assert_drawn_from(counts, probs)
+    assert (draws >= 1).all() and draws.mean() < 1.2 and not bisected.any()
+    spread = jnp.zeros(4096).at[:3].set(12.0)
+    both = jnp.stack([WIDE_FLAT, spread])
+    keys = jax.random.split(jax.random.key(9), 2)
+    t, k, p = jnp.ones(2), jnp.zeros(2, jnp.int32), jnp.array([0.9, 0.9])
+    choose = jax.jit(choose_tokens_and_paths)
+    for step in range(16):
+        pair, pair_draws, _ = choose(both, keys, step, t, k, p)
+        alone, alone_draws, _ = choose(both[:1], keys[:1], step, t[:1], k[:1], p[:1])
+        assert pair[0] == alone[0] and pair_draws[0] == alone_draws[0] >= 1
+        assert pair_draws[1] == 0 and pair[1] < 3  # the spread row: its candidates
 
 
 def test_greedy_rows_take_the_first_argmax():
