@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from jaxthink.decode.choice import choose_tokens
+from jaxthink.decode.choice import choose_tokens, logprob_and_certainty
 from jaxthink.distributed import to_host
 from jaxthink.models.qwen import KVCache, forward_cached, init_cache, with_projections_out_in
 from jaxthink.policies import policy
@@ -114,13 +114,6 @@ def init_loop(logits, cache, pparams: PolicyParams, queue_width: int, max_new: i
     )
 
 
-def self_certainty(logits: Array) -> Array:
-    """KL(Uniform || p) per row: -(1/V) sum_j log p_j - log V = lse - mean(logits) - log V."""
-    v = logits.shape[-1]
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    return lse - jnp.mean(logits, axis=-1) - jnp.log(v)
-
-
 def output_matrix(model, batch: int) -> Array | None:
     """A transposed copy of a tied embedding for the decode loop's logits, on CPU at batch > 1.
 
@@ -145,13 +138,6 @@ def for_decoding(graphdef, params, batch: int):
     if batch != 1 or jax.default_backend() != "cpu" or mesh_of(params) is not None:
         return graphdef, params
     return nnx.split(with_projections_out_in(nnx.merge(graphdef, params)))
-
-
-def token_logprob(logits: Array, token: Array, temperature: Array) -> Array:
-    """log softmax(logits / T)[token] per row (T = 1 for greedy rows), without a [B, V] result."""
-    temp = jnp.where(temperature > 0, temperature, 1.0)[:, None]
-    chosen = jnp.take_along_axis(logits, token[:, None], axis=1)
-    return (chosen / temp - jax.nn.logsumexp(logits / temp, axis=-1, keepdims=True))[:, 0]
 
 
 def record(buffer: Array, col: Array, x: Array) -> Array:
@@ -182,7 +168,7 @@ def step(
     token, pstate = policy.step(sampled, s.policy, pparams, tok, active)
     token = jnp.where(active, token, pad_id)
 
-    token_logp = token_logprob(s.logits, token, sampling.temperature)
+    token_logp, certainty = logprob_and_certainty(s.logits, token, sampling.temperature)
     ended_eos, ended_stop = tok.eos[token] & active, tok.stop[token] & active
     full = s.lengths + 1 >= s.max_new
     finish = jnp.select(
@@ -207,7 +193,7 @@ def step(
         done=s.done | (finish != RUNNING),
         lengths=s.lengths + active,
         finish=finish,
-        certainty_sum=s.certainty_sum + jnp.where(active, self_certainty(s.logits), 0.0),
+        certainty_sum=s.certainty_sum + jnp.where(active, certainty, 0.0),
         policy=pstate,
         hybrid=hybrid,
     )

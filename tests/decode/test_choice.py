@@ -20,6 +20,7 @@ from jaxthink.decode.choice import (
     first_argmax,
     in_top_p,
     kept_tokens,
+    logprob_and_certainty,
     top_k_mask,
     top_p_mask,
 )
@@ -329,3 +330,20 @@ def test_sampling_bench_prints_one_row_per_model_and_setting(capsys):
     assert [r.split("|")[1].strip() for r in rows] == ["as initialised"] * 3 + ["spread"] * 3
     ratios = [float(r.split("|")[-2].strip().rstrip("x")) for r in rows]
     assert ratios[0] == ratios[3] == 1.0 and all(np.isfinite(ratios))
+
+
+@pytest.mark.parametrize("vocab", [256, 300])  # a multiple of the block, and not
+def test_logprob_and_certainty_are_the_log_softmax_and_the_kl_from_uniform(vocab):
+    """Greedy rows (T 0) read T = 1; rows at T = 1 and T = 0.6 side by side."""
+    logits = jax.random.normal(jax.random.key(4), (3, vocab)) * 3
+    temperature = jnp.array([0.0, 1.0, 0.6])
+    token = jnp.array([5, vocab - 1, 17])
+    logprob, certainty = jax.jit(logprob_and_certainty)(logits, token, temperature)
+    x = np.asarray(logits, np.float64)
+    t = np.array([1.0, 1.0, 0.6])[:, None]
+    z = x / t - x.max(-1, keepdims=True) / t
+    log_probs = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    np.testing.assert_allclose(logprob, log_probs[np.arange(3), token], atol=1e-5)
+    log_p1 = x - x.max(-1, keepdims=True)
+    log_p1 -= np.log(np.exp(log_p1).sum(-1, keepdims=True))
+    np.testing.assert_allclose(certainty, -log_p1.mean(-1) - np.log(vocab), atol=1e-5)
