@@ -1,6 +1,8 @@
 """Next-token choice: greedy, temperature, top-k and top-p, with per-row settings.
 
-Every row's settings are arrays, so changing them never recompiles. The vocabulary is read as
+Every row's settings are arrays, so changing them never recompiles. `logprob_and_certainty`
+gives what the decode step records of the logits (the token's log-probability, self-certainty)
+by the same blocks, reusing the tempered normaliser that a sampled row's draw computed. The vocabulary is read as
 blocks of 128 tokens ([B, V] -> [B, V / 128, 128], free when 128 divides V, as for Qwen's
 151,936; other sizes are padded with -inf), and each choice is one pass over the logits plus
 work on a few blocks:
@@ -11,8 +13,9 @@ work on a few blocks:
   per row (threefry for 152k Gumbel numbers per row cost more than the model's step on CPU): the
   unnormalised probabilities w = exp((x - max) / T) summed per block (one pass); the block where
   u * total falls among the blocks' running sums; the token where it falls inside that block.
-- top-k / top-p: on the C = 64 largest logits of the row (the C blocks with the
-  largest maxima hold them, so one top-k over C * 128 gathered logits finds them). Top-k keeps
+- top-k / top-p: on the 8 largest logits of the row, or the C = 64 largest when some row's set
+  needs more (the c blocks with the largest maxima hold the c largest logits, so one top-k over
+  c * 128 gathered logits finds them: 0.4 ms for 8 at [64, 151936], 3.6 for 64). Top-k keeps
   the first k candidates; top-p the shortest prefix of the (top-k kept) candidates whose mass
   under the softmax of the top-k kept set (the full softmax when top-k is off, its total from the
   block sums) reaches p; the draw is the same inverse CDF over the kept candidates. Ties at the
@@ -60,6 +63,7 @@ _BISECTION_STEPS = 32
 _HUGE = 2.0**100
 BLOCK = 128  # tokens per block
 CANDIDATES = 64  # C: top-k / top-p look at this many of the largest logits per row
+FEW_CANDIDATES = 8  # looked at first; the C only when some row needs more
 REJECTION_ATTEMPTS = 8  # draws per row before a top-p row the candidates miss goes to bisection
 RETRY_ROWS = 8  # rows drawn again together after a rejection
 
@@ -201,10 +205,13 @@ def _candidates(blocks: Array, block_max: Array, c: int) -> tuple[Array, Array]:
     return values, jnp.take_along_axis(best, at // k, axis=1) * k + at % k
 
 
-def _filter_candidates(blocks, block_max, top, inv_t, total, top_k, top_p, vocab: int):
+def _filter_candidates(
+    blocks, block_max, top, inv_t, total, top_k, top_p, vocab: int, count: int = CANDIDATES
+):
     """(unnormalised probabilities of the kept candidates [B, C] (0: removed), their token ids
-    [B, C], rows that need the exact path [B]); `total`: the rows' sums of `_block_sums`."""
-    values, ids = _candidates(blocks, block_max, min(CANDIDATES, vocab))
+    [B, C], rows that need the exact path [B]) with C = `count` candidates; `total`: the rows'
+    sums of `_block_sums`."""
+    values, ids = _candidates(blocks, block_max, min(count, vocab))
     c = values.shape[-1]
     w = jnp.exp((values - top[:, None]) * inv_t[:, None])
     k_on = (top_k > 0) & (top_k < vocab)
@@ -339,21 +346,29 @@ def _draw_top_p(blocks, sums, top, inv_t, top_p, step_keys, first, rows, attempt
 # --- what the step records of the logits ---------------------------------------------------
 
 
-def logprob_and_certainty(logits: Array, token: Array, temperature: Array) -> tuple[Array, Array]:
+def logprob_and_certainty(
+    logits: Array, token: Array, temperature: Array, known_norm: tuple[Array, Array] | None = None
+) -> tuple[Array, Array]:
     """Per row, ([B] log softmax(logits / T)[token] (T = 1 for greedy rows), [B] self-certainty
     KL(Uniform || softmax(logits)) = logsumexp - mean - log V), by the blocks: the maximum, the
-    exp-sums at 1 and (when some row's T is neither 0 nor 1) at 1 / T, and the sum, each one pass
-    and no [B, V] result. 3.5 ms at [64, 151936] on CPU (6.3 with T = 0.6), where
-    `jax.nn.logsumexp` twice and a mean took 28."""
+    exp-sums at 1 and (for rows at a T neither 0 nor 1) at 1 / T, and the sum, each one pass and
+    no [B, V] result. `known_norm`: (rows [B] bool, logsumexp(logits / T) [B]) for rows whose
+    tempered normaliser is already known (`choose_tokens_and_norm`'s, when the choice read these
+    very logits): the pass at 1 / T runs only if some other row needs it. 3.5 ms at
+    [64, 151936] on CPU (6.3 when the pass at 1 / T runs), where `jax.nn.logsumexp` twice and a
+    mean took 28."""
     v = logits.shape[-1]
     blocks = _blocks(logits)
     top = _block_max(blocks).max(-1)
     total = _block_sums(blocks, top, jnp.ones_like(top)).sum(-1)
     inv_t = jnp.where(temperature > 0, 1.0 / jnp.where(temperature > 0, temperature, 1.0), 1.0)
-    total_t = jax.lax.cond(
-        jnp.any(inv_t != 1), lambda: _block_sums(blocks, top, inv_t).sum(-1), lambda: total
+    known, norm = known_norm if known_norm is not None else (jnp.zeros_like(inv_t, bool), top)
+    norm_t = jax.lax.cond(
+        jnp.any((inv_t != 1) & ~known),
+        lambda: top * inv_t + jnp.log(_block_sums(blocks, top, inv_t).sum(-1)),
+        lambda: top + jnp.log(total),  # right for every row with T 0 or 1
     )
-    logprob = (_take(logits, token) - top) * inv_t - jnp.log(total_t)
+    logprob = _take(logits, token) * inv_t - jnp.where(known, norm, norm_t)
     if v % BLOCK:  # the blocks are padded with -inf: sum the rows as they are
         row_sum = logits.sum(-1)
     else:
@@ -380,6 +395,15 @@ def choose_tokens(
     return choose_tokens_and_paths(logits, keys, step, temperature, top_k, top_p)[0]
 
 
+def choose_tokens_and_norm(
+    logits: Array, keys: Array, step: Array, temperature: Array, top_k: Array, top_p: Array
+) -> tuple[Array, Array]:
+    """`choose_tokens`, and logsumexp(logits / T) of each sampled row (which its draw computed;
+    0 for greedy rows): `logprob_and_certainty` takes it instead of a pass of its own."""
+    tokens, _, _, log_norm = choose_tokens_and_paths(logits, keys, step, temperature, top_k, top_p)
+    return tokens, log_norm
+
+
 def choose_tokens_and_paths(
     logits: Array,
     keys: Array,
@@ -389,9 +413,10 @@ def choose_tokens_and_paths(
     top_p: Array,
     attempts: int = REJECTION_ATTEMPTS,
 ) -> tuple[Array, Array, Array]:
-    """`choose_tokens`, with `attempts` draws at most per rejection row, and the paths taken:
-    (tokens [B], rejection draws made per row [B] (0: not that path), rows drawn by bisection
-    [B] bool)."""
+    """`choose_tokens`, with `attempts` draws at most per rejection row, the paths taken and what
+    the draw knew of the logits: (tokens [B], rejection draws made per row [B] (0: not that
+    path), rows drawn by bisection [B] bool, logsumexp(logits / T) per sampled row [B] (0 for
+    greedy rows, and for every row of an all-greedy batch))."""
     vocab = logits.shape[-1]
     blocks = _blocks(logits)
     block_max = _block_max(blocks)
@@ -416,9 +441,21 @@ def choose_tokens_and_paths(
             beyond = filtered & ~k_on & (top_p * total > 2 * CANDIDATES)
 
             def from_candidates():
-                args = (top, inv_t, total, top_k, top_p, vocab)
-                kept, ids, exact = _filter_candidates(blocks, block_max, *args)
-                return _take(ids, _search(kept, u * kept.sum(-1))[0]), exact
+                def draw(count: int):
+                    args = (top, inv_t, total, top_k, top_p, vocab, count)
+                    kept, ids, exact = _filter_candidates(blocks, block_max, *args)
+                    return _take(ids, _search(kept, u * kept.sum(-1))[0]), exact
+
+                # the C only for the rows the few do not settle: whether a row reads them
+                # depends on the row alone, never on its neighbours
+                drawn, exact = draw(FEW_CANDIDATES)
+                more = filtered & ~beyond & exact
+
+                def with_more():
+                    drawn_c, exact_c = draw(CANDIDATES)
+                    return jnp.where(more, drawn_c, drawn), jnp.where(more, exact_c, exact)
+
+                return jax.lax.cond(jnp.any(more), with_more, lambda: (drawn, exact))
 
             drawn, exact = jax.lax.cond(
                 jnp.any(filtered & ~beyond), from_candidates, lambda: (plain, beyond)
@@ -451,9 +488,11 @@ def choose_tokens_and_paths(
             return jnp.where(filtered, drawn, plain), draws, bisect
 
         drawn, draws, bisect = jax.lax.cond(jnp.any(filtered), with_filters, lambda: (plain, *none))
-        return jnp.where(temperature > 0, drawn, greedy), draws, bisect
+        log_norm = top * inv_t + jnp.log(sums.sum(-1))
+        return jnp.where(temperature > 0, drawn, greedy), draws, bisect, log_norm
 
-    return jax.lax.cond(jnp.any(temperature > 0), sample, lambda: (greedy, *none))
+    no_norm = jnp.zeros(greedy.shape, logits.dtype)
+    return jax.lax.cond(jnp.any(temperature > 0), sample, lambda: (greedy, *none, no_norm))
 
 
 def kept_tokens(logits: Array, temperature: Array, top_k: Array, top_p: Array) -> Array:

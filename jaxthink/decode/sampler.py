@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from jaxthink.decode.choice import choose_tokens, logprob_and_certainty
+from jaxthink.decode.choice import choose_tokens_and_norm, logprob_and_certainty
 from jaxthink.distributed import to_host
 from jaxthink.models.qwen import KVCache, forward_cached, init_cache, with_projections_out_in
 from jaxthink.policies import policy
@@ -158,17 +158,22 @@ def step(
     sampling, pparams = s.sampling, s.pparams
     masked = policy.mask_logits(s.logits, s.policy, pparams, tok)
     if steer is None:
-        sampled = choose_tokens(
+        sampled, norm = choose_tokens_and_norm(
             masked, sampling.keys, s.lengths, sampling.temperature, sampling.top_k, sampling.top_p
         )
+        # the choice's tempered normaliser of the masked logits, turned into the logits' own
+        inv_t = 1.0 / jnp.where(sampling.temperature > 0, sampling.temperature, 1.0)
+        known, norm = policy.unmasked_norm(norm, s.logits, inv_t, s.policy, pparams, tok)
+        known_norm = known & (sampling.temperature > 0), norm
     else:
         # the published algorithm: both models' greedy tokens, unmasked
         sampled, choice = steer.choose(s.hybrid, s.logits, sampling.keys, s.lengths, active)
+        known_norm = None
     phase_before = s.policy.phase
     token, pstate = policy.step(sampled, s.policy, pparams, tok, active)
     token = jnp.where(active, token, pad_id)
 
-    token_logp, certainty = logprob_and_certainty(s.logits, token, sampling.temperature)
+    token_logp, certainty = logprob_and_certainty(s.logits, token, sampling.temperature, known_norm)
     ended_eos, ended_stop = tok.eos[token] & active, tok.stop[token] & active
     full = s.lengths + 1 >= s.max_new
     finish = jnp.select(

@@ -89,10 +89,27 @@ def mask_logits(logits: Array, state: PolicyState, params: PolicyParams, tok: Po
         [is_short | is_think, is_short],
         is_think,
     )
-    first = (state.phase == PRE) & (params.control != FREE) & (params.control != PLAIN)
-    answering = (state.phase == ANSWER) & (params.control != PLAIN)
+    first, answering = _masking(state, params)
     masked = (first[:, None] & ~allowed) | (answering[:, None] & is_think)
     return jnp.where(masked, _NEG, logits)
+
+
+def unmasked_norm(norm: Array, logits: Array, inv_t: Array, state, params, tok: PolicyTokens):
+    """From `norm`, logsumexp(mask_logits(logits) * inv_t) per row, that of the logits as they
+    are, where `mask_logits` masked one token at most: (rows [B] bool where it is known, [B] the
+    norms). An answer row gets `<think>`'s term back; a row choosing its first control token,
+    which keeps only the control tokens, is not known."""
+    first, answering = _masking(state, params)
+    think = jnp.take(logits, jnp.maximum(tok.think, 0), axis=1) * inv_t
+    restored = jnp.where(answering & (tok.think >= 0), jnp.logaddexp(norm, think), norm)
+    return ~first, restored
+
+
+def _masking(state: PolicyState, params: PolicyParams) -> tuple[Array, Array]:
+    """(rows choosing their first, control, token; rows answering), of the rows ever masked."""
+    first = (state.phase == PRE) & (params.control != FREE) & (params.control != PLAIN)
+    answering = (state.phase == ANSWER) & (params.control != PLAIN)
+    return first, answering
 
 
 def step(sampled: Array, state: PolicyState, params: PolicyParams, tok: PolicyTokens, active):

@@ -16,6 +16,7 @@ from jaxthink.decode.choice import (
     RETRY_ROWS,
     check_sampling,
     choose_tokens,
+    choose_tokens_and_norm,
     choose_tokens_and_paths,
     first_argmax,
     in_top_p,
@@ -50,7 +51,7 @@ def draw_paths(logits, temperature: float, top_k: int, top_p: float, attempts=RE
     """(token counts, rejection draws per row, rows drawn by bisection) of DRAWS rows sharing
     `logits` [V], each row with its own key."""
     full = lambda x, dtype=jnp.float32: jnp.full((DRAWS,), x, dtype)
-    tokens, draws, bisected = jax.jit(choose_tokens_and_paths, static_argnums=6)(
+    tokens, draws, bisected, _ = jax.jit(choose_tokens_and_paths, static_argnums=6)(
         jnp.broadcast_to(logits, (DRAWS, logits.shape[-1])),
         jax.random.split(jax.random.key(7), DRAWS),
         jnp.int32(0),
@@ -214,15 +215,16 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
 
 def test_a_rows_draw_depends_on_its_key_and_step_only():
     """Row 0 draws the same token whatever its neighbours (their number, logits and settings:
-    greedy, filtered, flat rows that take the exact path) for the same key and step; `step` as
-    a scalar equals `step` per row."""
+    greedy, filtered, flat rows that take the exact path) for the same key and step, also when
+    the few candidates settle it alone and a neighbour makes the batch take the C; `step` as a
+    scalar equals `step` per row."""
     logits = jax.random.normal(jax.random.key(4), (7, 900)) * 2
     keys = jax.random.split(jax.random.key(5), 7)
     t, k, p = (jnp.array(c) for c in zip(*MIXED[:7]))
     k = k.astype(jnp.int32)
     choose = jax.jit(choose_tokens)
     flat = jnp.zeros((1, 900)).at[0, :3].set(0.01)
-    for row0 in [(1.0, 0, 1.0), (0.7, 0, 0.9), (0.7, 10, 1.0)]:
+    for row0 in [(1.0, 0, 1.0), (0.7, 0, 0.9), (0.7, 10, 1.0), (0.7, 5, 1.0), (0.3, 0, 0.6)]:
         t0, k0, p0 = (x.at[0].set(v) for x, v in zip((t, k, p), row0))
         for step in range(4):
             alone = choose(logits[:1], keys[:1], step, t0[:1], k0[:1], p0[:1])[0]
@@ -250,11 +252,11 @@ def test_a_rejection_rows_draw_depends_on_its_key_and_step_only():
     t, k, p = jnp.ones(rows), jnp.zeros(rows, jnp.int32), jnp.full(rows, 0.5)
     choose = jax.jit(choose_tokens_and_paths)
     for step in range(8):
-        batch, batch_draws, _ = choose(logits, keys, step, t, k, p)
+        batch, batch_draws, _, _ = choose(logits, keys, step, t, k, p)
         assert (batch_draws > 1).sum() > RETRY_ROWS  # rejected at the first draw
         for row in (0, 1, rows - 1):
             one = slice(row, row + 1)
-            alone, draws, _ = choose(logits[one], keys[one], step, t[one], k[one], p[one])
+            alone, draws, _, _ = choose(logits[one], keys[one], step, t[one], k[one], p[one])
             assert batch[row] == alone[0] and batch_draws[row] == draws[0] >= 1
 
 
@@ -277,8 +279,8 @@ def test_rows_whose_top_p_set_outweighs_the_candidates_draw_by_rejection_alone()
     t, k, p = jnp.ones(2), jnp.zeros(2, jnp.int32), jnp.array([0.9, 0.9])
     choose = jax.jit(choose_tokens_and_paths)
     for step in range(16):
-        pair, pair_draws, _ = choose(both, keys, step, t, k, p)
-        alone, alone_draws, _ = choose(both[:1], keys[:1], step, t[:1], k[:1], p[:1])
+        pair, pair_draws, _, _ = choose(both, keys, step, t, k, p)
+        alone, alone_draws, _, _ = choose(both[:1], keys[:1], step, t[:1], k[:1], p[:1])
         assert pair[0] == alone[0] and pair_draws[0] == alone_draws[0] >= 1
         assert pair_draws[1] == 0 and pair[1] < 3  # the spread row: its candidates
 
@@ -334,16 +336,22 @@ def test_sampling_bench_prints_one_row_per_model_and_setting(capsys):
 
 @pytest.mark.parametrize("vocab", [256, 300])  # a multiple of the block, and not
 def test_logprob_and_certainty_are_the_log_softmax_and_the_kl_from_uniform(vocab):
-    """Greedy rows (T 0) read T = 1; rows at T = 1 and T = 0.6 side by side."""
-    logits = jax.random.normal(jax.random.key(4), (3, vocab)) * 3
-    temperature = jnp.array([0.0, 1.0, 0.6])
-    token = jnp.array([5, vocab - 1, 17])
-    logprob, certainty = jax.jit(logprob_and_certainty)(logits, token, temperature)
+    """Greedy rows (T 0) read T = 1; rows at T = 1 and T = 0.6 side by side; the same with the
+    tempered normaliser that the choice computed given for some rows (the last row's not)."""
+    logits = jax.random.normal(jax.random.key(4), (4, vocab)) * 3
+    temperature = jnp.array([0.0, 1.0, 0.6, 0.6])
+    token = jnp.array([5, vocab - 1, 17, 3])
     x = np.asarray(logits, np.float64)
-    t = np.array([1.0, 1.0, 0.6])[:, None]
+    t = np.array([1.0, 1.0, 0.6, 0.6])[:, None]
     z = x / t - x.max(-1, keepdims=True) / t
     log_probs = z - np.log(np.exp(z).sum(-1, keepdims=True))
-    np.testing.assert_allclose(logprob, log_probs[np.arange(3), token], atol=1e-5)
     log_p1 = x - x.max(-1, keepdims=True)
     log_p1 -= np.log(np.exp(log_p1).sum(-1, keepdims=True))
-    np.testing.assert_allclose(certainty, -log_p1.mean(-1) - np.log(vocab), atol=1e-5)
+    n = jnp.zeros(4, jnp.int32)
+    _, norm = choose_tokens_and_norm(
+        logits, jax.random.split(jax.random.key(5), 4), 0, temperature, n, jnp.ones(4)
+    )
+    for known in (None, (jnp.array([False, True, True, False]), norm)):
+        logprob, certainty = jax.jit(logprob_and_certainty)(logits, token, temperature, known)
+        np.testing.assert_allclose(logprob, log_probs[np.arange(4), token], atol=2e-5)
+        np.testing.assert_allclose(certainty, -log_p1.mean(-1) - np.log(vocab), atol=1e-5)
