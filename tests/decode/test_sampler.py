@@ -13,7 +13,7 @@ import jaxthink
 from infer import bench
 from infer.bench import _rounds, end_to_end, hf_greedy
 from jaxthink.decode import sampler
-from jaxthink.policies.modes import ANSWER, FREE, NO_BUDGET
+from jaxthink.policies.modes import ANSWER, CHOOSE, FREE, NO_BUDGET, PRE
 from jaxthink.policies.policy import PolicyParams, PolicyTokens
 from tests.hf_models import write_tiny_hf
 
@@ -111,16 +111,27 @@ def test_sampling_is_reproducible_from_the_seed(tiny):
     assert (run(1) != run(2)).any()
 
 
-def test_logprobs_are_those_of_the_tempered_distribution(tiny):
+@pytest.mark.parametrize("rows", ["plain", "masked"])
+def test_logprobs_are_those_of_the_tempered_distribution(tiny, rows):
+    """Under the model's own logits at T = 0.7, also where the choice read masked ones: a row
+    choosing its first control token (only <think> 5 and <short> 6 allowed), then thinking, and
+    an answering row (<think> masked)."""
     graphdef, params = tiny
     model = nnx.merge(graphdef, params)
-    state = sampler.sample(
-        graphdef, params, PROMPTS[:1], plain_rows(1), plain_tokens(512), greedy(1, 0, 0.7), 8
-    )
-    seq = np.array([PROMPTS[0] + state.tokens[0].tolist()])
-    logits = jaxthink.forward(model, seq, np.ones_like(seq, bool))[0, len(PROMPTS[0]) - 1 : -1]
-    expected = jax.nn.log_softmax(logits / 0.7, axis=-1)[np.arange(8), state.tokens[0]]
-    np.testing.assert_allclose(state.logprobs[0], expected, atol=1e-4)
+    tok, pparams = plain_tokens(512), plain_rows(2)
+    if rows == "masked":
+        tok = tok.replace(think=jnp.int32(5), short=jnp.int32(6))
+        pparams = pparams.replace(
+            phase=jnp.array([PRE, ANSWER], jnp.int32), control=jnp.array([CHOOSE, FREE], jnp.int32)
+        )
+    state = sampler.sample(graphdef, params, PROMPTS[:2], pparams, tok, greedy(2, 0, 0.7), 8)
+    if rows == "masked":
+        assert int(state.tokens[0, 0]) in (5, 6)
+    for r in range(2):
+        seq = np.array([PROMPTS[r] + state.tokens[r].tolist()])
+        logits = jaxthink.forward(model, seq, np.ones_like(seq, bool))[0, len(PROMPTS[r]) - 1 : -1]
+        expected = jax.nn.log_softmax(logits / 0.7, axis=-1)[np.arange(8), state.tokens[r]]
+        np.testing.assert_allclose(state.logprobs[r], expected, atol=1e-4)
 
 
 _BOOKKEEPING_OPS = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant"}
