@@ -2,6 +2,7 @@
 
     python -m infer bench-slots                          # both workloads, defaults below
     python -m infer bench-slots --workload skewed --requests 64 --slots 16 --max-new 256
+    python -m infer bench-slots --workload demo --requests 3360 --slots 64   # the README's run
 
 Both decode the same requests with the same keys, so they emit the same tokens (checked):
 - `skewed`: a Qwen2 model with the real 151,936-token vocabulary (hidden 128, 3 layers, random
