@@ -1,11 +1,10 @@
 """Next-token choice: greedy, temperature, top-k and top-p, with per-row settings.
 
-Every row's settings are arrays, so changing them never recompiles. `logprob_and_certainty`
-gives what the decode step records of the logits (the token's log-probability, self-certainty)
-by the same blocks, reusing the tempered normaliser that a sampled row's draw computed. The vocabulary is read as
+Every row's settings are arrays, so changing them never recompiles. The vocabulary is read as
 blocks of 128 tokens ([B, V] -> [B, V / 128, 128], free when 128 divides V, as for Qwen's
 151,936; other sizes are padded with -inf), and each choice is one pass over the logits plus
-work on a few blocks:
+work on a few blocks (`logprob_and_certainty`, what the decode step records of the logits, reads
+them by the same blocks and reuses the tempered normaliser that a sampled row's draw computed):
 
 - greedy: the maximum of each block (one pass); the first block reaching the row's maximum; the
   first index of it inside that block (`first_argmax`).
@@ -412,7 +411,7 @@ def choose_tokens_and_paths(
     top_k: Array,
     top_p: Array,
     attempts: int = REJECTION_ATTEMPTS,
-) -> tuple[Array, Array, Array]:
+) -> tuple[Array, Array, Array, Array]:
     """`choose_tokens`, with `attempts` draws at most per rejection row, the paths taken and what
     the draw knew of the logits: (tokens [B], rejection draws made per row [B] (0: not that
     path), rows drawn by bisection [B] bool, logsumexp(logits / T) per sampled row [B] (0 for

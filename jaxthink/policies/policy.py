@@ -94,7 +94,14 @@ def mask_logits(logits: Array, state: PolicyState, params: PolicyParams, tok: Po
     return jnp.where(masked, _NEG, logits)
 
 
-def unmasked_norm(norm: Array, logits: Array, inv_t: Array, state, params, tok: PolicyTokens):
+def unmasked_norm(
+    norm: Array,
+    logits: Array,
+    inv_t: Array,
+    state: PolicyState,
+    params: PolicyParams,
+    tok: PolicyTokens,
+) -> tuple[Array, Array]:
     """From `norm`, logsumexp(mask_logits(logits) * inv_t) per row, that of the logits as they
     are, where `mask_logits` masked one token at most: (rows [B] bool where it is known, [B] the
     norms). An answer row gets `<think>`'s term back; a row choosing its first control token,
@@ -106,7 +113,8 @@ def unmasked_norm(norm: Array, logits: Array, inv_t: Array, state, params, tok: 
 
 
 def _masking(state: PolicyState, params: PolicyParams) -> tuple[Array, Array]:
-    """(rows choosing their first, control, token; rows answering), of the rows ever masked."""
+    """(rows choosing their first token, a control token; rows answering): the rows that
+    `mask_logits` masks."""
     first = (state.phase == PRE) & (params.control != FREE) & (params.control != PLAIN)
     answering = (state.phase == ANSWER) & (params.control != PLAIN)
     return first, answering
