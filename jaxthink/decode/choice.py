@@ -345,6 +345,11 @@ def _draw_top_p(blocks, sums, top, inv_t, top_p, step_keys, first, rows, attempt
 # --- what the step records of the logits ---------------------------------------------------
 
 
+def logprob_scale(temperature: Array) -> Array:
+    """1 / T per row, the scale the recorded log-probs read the logits at: 1 for greedy rows."""
+    return 1.0 / jnp.where(temperature > 0, temperature, 1.0)
+
+
 def logprob_and_certainty(
     logits: Array, token: Array, temperature: Array, known_norm: tuple[Array, Array] | None = None
 ) -> tuple[Array, Array]:
@@ -360,7 +365,7 @@ def logprob_and_certainty(
     blocks = _blocks(logits)
     top = _block_max(blocks).max(-1)
     total = _block_sums(blocks, top, jnp.ones_like(top)).sum(-1)
-    inv_t = jnp.where(temperature > 0, 1.0 / jnp.where(temperature > 0, temperature, 1.0), 1.0)
+    inv_t = logprob_scale(temperature)
     known, norm = known_norm if known_norm is not None else (jnp.zeros_like(inv_t, bool), top)
     norm_t = jax.lax.cond(
         jnp.any((inv_t != 1) & ~known),

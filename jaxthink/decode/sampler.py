@@ -1,7 +1,7 @@
 """The compiled sampler: one jitted prefill and one jitted `lax.while_loop` decode.
 
     prompts [B, P] left-padded --prefill--> KV cache + next-token logits
-      --decode loop (state donated): mask_logits -> choose_tokens -> policy.step -> record
+      --decode loop (state donated): mask_logits -> choose_tokens_and_norm -> policy.step -> record
          -> forward_cached(1 token per row)--> tokens, log-probs, phases, per-row stats
 
 Parameters are passed as an argument (not closed over) so the compiled program does not embed
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from jaxthink.decode.choice import choose_tokens_and_norm, logprob_and_certainty
+from jaxthink.decode.choice import choose_tokens_and_norm, logprob_and_certainty, logprob_scale
 from jaxthink.distributed import to_host
 from jaxthink.models.qwen import KVCache, forward_cached, init_cache, with_projections_out_in
 from jaxthink.policies import policy
@@ -162,7 +162,7 @@ def step(
             masked, sampling.keys, s.lengths, sampling.temperature, sampling.top_k, sampling.top_p
         )
         # the choice's tempered normaliser of the masked logits, turned into the logits' own
-        inv_t = 1.0 / jnp.where(sampling.temperature > 0, sampling.temperature, 1.0)
+        inv_t = logprob_scale(sampling.temperature)
         known, norm = policy.unmasked_norm(norm, s.logits, inv_t, s.policy, pparams, tok)
         known_norm = known & (sampling.temperature > 0), norm
     else:
