@@ -2,12 +2,14 @@
 
     requests (prompt ids, mode row, sampling row, max_new_tokens, key, sample indices)
       --prefill: a few requests' prompts at once, each prompt once (its n samples share it)
-      --insert: one sample's prompt KV, first logits, mode and sampling rows into a free slot
-      --run_steps: every slot decodes until a running row ends; the host refills its slot
+      --insert: one sample's prompt KV, first logits, mode and sampling rows into a free slot, or
+        into a staging row (up to MAX_STAGED samples wait there, prefilled, inside the loop)
+      --run_steps: every slot decodes; a row that ends hands its slot to the next staged sample
+        between two steps (no return to the host), until one ends with none left to take it
       --> finished samples, as they end (`Sample`: host arrays)
 
 The programs have fixed shapes (prefill and insert per (rows, prompt bucket), the step loop once
-per slot count), so requests come and go without recompiling. Sample j of a request draws from
+per slot count, with and without staging), so requests come and go without recompiling. Sample j of a request draws from
 fold_in(request key, j), keyed again by its own step count, so its tokens depend on (seed,
 request, sample index) only: not on its slot, its neighbours, the number of slots or the order in
 which samples end (the JetStream prefill / insert / generate pattern, with multi-sampling).
@@ -15,6 +17,7 @@ which samples end (the JetStream prefill / insert / generate pattern, with multi
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import functools
@@ -40,6 +43,7 @@ Array = jax.Array
 KV_BUDGET_FRACTION = 0.25  # default share of the device's memory the slots' caches may take
 MAX_DEFAULT_SLOTS = {"cpu": 64}  # by backend; elsewhere 512: where a bigger batch stops paying
 MAX_PREFILL_ROWS = 16  # prompts prefilled together
+MAX_STAGED = 16  # samples waiting inside the step loop for a slot, at most (and at most the slots)
 _LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (weight refs, layouts)
 
 
@@ -98,6 +102,11 @@ class Stats:
     @property
     def occupancy(self) -> float:
         return self.tokens / max(self.slot_steps, 1)
+
+
+def staging_rows(samples: int, slots: int) -> int:
+    """Rows of staging (prefilled samples waiting in the loop) for `samples` over `slots`."""
+    return min(slots, MAX_STAGED) if samples > slots else 0
 
 
 def kv_bytes_per_slot(cfg, length: int, dtype) -> int:
@@ -213,6 +222,92 @@ def empty_slots(cfg, slots: int, length: int, max_new: int, queue: int, dtype) -
     )
 
 
+@struct.dataclass
+class Refills:
+    """Staged samples and what the step loop did with them: `order[:count]` are the staging rows
+    holding samples, first to go first; the first `taken` of them went into slots, the e-th into
+    slot `slot[e]` after step `step[e]` of the call, and `out[e]` holds what that slot's previous
+    sample had produced (`_outputs`' arrays, a row each)."""
+
+    order: Array  # [Q] int32
+    count: Array  # int32
+    taken: Array  # int32
+    slot: Array  # [Q] int32
+    step: Array  # [Q] int32
+    out: dict
+
+
+def take_row(dst: LoopState, src: LoopState, row, slot) -> LoopState:
+    """`dst` with slot `slot` replaced by `src`'s row `row`, in every array of the state (an
+    array holding several rows per slot, as a KV cache its kv heads, moves all of them)."""
+    slots, rows = dst.done.shape[0], src.done.shape[0]
+
+    def one(d, x):
+        per = d.shape[0] // slots
+        assert d.shape[0] == per * slots and x.shape[0] == per * rows, (d.shape, x.shape)
+        piece = jax.lax.dynamic_slice_in_dim(x, row * per, per, 0)
+        return jax.lax.dynamic_update_slice_in_dim(d, piece, slot * per, 0)
+
+    return jax.tree.map(one, dst, src)
+
+
+def refill(staging: LoopState):
+    """The step loop's `between`: while a row that was running has ended and staged samples are
+    left, its outputs go to `out` and the next staged sample takes its slot."""
+
+    def between(i, s: LoopState, running, r: Refills):
+        def more(carry):
+            s, r = carry
+            return jnp.any(running & s.done) & (r.taken < r.count)
+
+        def one(carry):
+            s, r = carry
+            slot, e = jnp.argmax(running & s.done), r.taken
+            out = jax.tree.map(lambda o, x: put(o, x[slot], e), r.out, _outputs(s))
+            s = take_row(s, staging, r.order[e], slot)
+            slots, steps = put(r.slot, slot, e), put(r.step, i, e)
+            return s, r.replace(taken=e + 1, slot=slots, step=steps, out=out)
+
+        return jax.lax.while_loop(more, one, (s, r))
+
+    return between
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mesh"), donate_argnames=("state",))
+def run_steps(
+    graphdef,
+    params,
+    state: LoopState,
+    tok,
+    pad_id,
+    max_steps,
+    until_one_ends,
+    head=None,
+    mesh=None,
+    steer=None,
+    staging: LoopState | None = None,
+    order=None,
+    count=None,
+):
+    """`sampler.loop` over the slots: until every row has ended, or `max_steps` steps have run,
+    or (with `until_one_ends`) a row that was running has ended and no staged sample is left to
+    take its slot (the host then refills it). `staging` (a LoopState whose rows `insert` filled)
+    with `order` [Q] and `count`: the staged samples, taken in that order. Both limits and the
+    order are traced values, so changing them never recompiles. `head` is `output_matrix`'s, made
+    once by the caller (this runs many times a generation); `steer` makes it hybrid decoding
+    (see `sampler.step`). Returns (steps run, state, `Refills` or None)."""
+    sampler.TRACE_COUNT["decode"] += 1
+    model = nnx.merge(graphdef, params)
+    between = refills = None
+    if staging is not None:
+        q = order.shape[0]
+        zeros = jnp.zeros((q,), jnp.int32)
+        out = jax.tree.map(lambda x: jnp.zeros((q, *x.shape[1:]), x.dtype), _outputs(state))
+        refills, between = Refills(order, count, jnp.int32(0), zeros, zeros, out), refill(staging)
+    run = (model, head, state, tok, pad_id, max_steps, until_one_ends, mesh, steer, between)
+    return sampler.loop(*run, refills)
+
+
 # ---------------------------------------------------------------------------------------------
 # The host side: a queue, the slots, finished samples out
 
@@ -257,15 +352,20 @@ class Engine:
         return kept[1][slots]
 
     def slots_for(self, requests: Sequence[Request], slots: int | None) -> int:
-        """The slot count: `slots`, else as many as the samples, within what the memory budget
-        holds and MAX_DEFAULT_SLOTS; rounded up to a multiple of the mesh's batch axes."""
+        """The slot count: `slots`, else as many as the samples, within MAX_DEFAULT_SLOTS and
+        what the memory budget holds (with the staging rows, where samples outnumber the slots);
+        rounded up to a multiple of the mesh's batch axes."""
         wanted = sum(len(r.samples) for r in requests)
         if slots is None:
             per_slot = kv_bytes_per_slot(self.cfg, self.cache_length(requests), self.dtype)
             if self.hybrid is not None:
                 per_slot += self.hybrid.kv_bytes_per_slot(self.cache_length(requests, base=True))
             cap = MAX_DEFAULT_SLOTS.get(jax.default_backend(), 512)
-            slots = max(1, min(wanted, cap, memory_budget_bytes() // per_slot))
+            rows = memory_budget_bytes() // per_slot  # slots and staging rows together
+            slots = min(wanted, cap, rows)
+            while slots > 1 and slots + staging_rows(wanted, slots) > rows:
+                slots -= 1
+            slots = max(1, slots)
         multiple = batch_size_multiple(self.mesh)
         return -(-check_slots(slots) // multiple) * multiple
 
@@ -287,62 +387,94 @@ class Engine:
         if not requests or not any(r.samples for r in requests):
             return
         slots = self.slots_for(requests, slots)
+        wanted = sum(len(r.samples) for r in requests)
+        staging_count = staging_rows(wanted, slots)
         length, new = self.cache_length(requests), max_new_of(requests)
         self.stats.slots = slots
         self.stats.kv_bytes_per_slot = kv_bytes_per_slot(self.cfg, length, self.dtype)
-        queue_width = tok.end_seq.shape[0]
         t0 = time.perf_counter()  # setting up: the empty slots and the weights' layouts
-        state = empty_slots(self.cfg, slots, length, new, queue_width, self.dtype)
-        steer = None
-        if self.hybrid is not None:
-            if any(r.base_prompt is None for r in requests):
-                raise ValueError("hybrid decoding: every request needs the base model's prompt")
-            base_length = self.cache_length(requests, base=True)
-            state = state.replace(hybrid=self.hybrid.empty(slots, base_length, new))
-            steer = self.hybrid.steer(slots)
+        queue_width = tok.end_seq.shape[0]
+        state = self._empty(requests, slots, queue_width)
+        staging = self._empty(requests, staging_count, queue_width) if staging_count else None
+        steer = None if self.hybrid is None else self.hybrid.steer(slots)
         decoding = jax.block_until_ready(self.decoding(slots))
         self.stats.compile_seconds += time.perf_counter() - t0
         waiting = collections.deque(range(len(requests)))  # not yet prefilled
         ready: collections.deque = collections.deque()  # (request, j, prefill, row)
-        occupant: list[tuple[int, int, float] | None] = [None] * slots
+        occupant: list[tuple[int, int, int] | None] = [None] * slots  # (request, j, first step)
+        staged: dict[int, tuple[int, int]] = {}  # staging row -> (request, j)
+        order: collections.deque = collections.deque()  # staging rows, first to go first
+        timeline = Timeline()
         pad = jnp.int32(self.pad_id)
-        while waiting or ready or any(o is not None for o in occupant):
-            free = [i for i, o in enumerate(occupant) if o is None]
-            if free and not ready and waiting:
+
+        def next_ready():
+            if not ready:
                 ready.extend(self._prefill(requests, waiting))
-            for slot in free:
-                if not ready:
+            return ready.popleft()
+
+        def finished(host, row, who, end_step):
+            r, j, first = who
+            seconds = timeline.seconds(first, end_step)
+            sample = _sample(host, row, r, j, seconds)
+            self.stats.tokens += len(sample.tokens)
+            return sample
+
+        while waiting or ready or order or any(o is not None for o in occupant):
+            for slot in (i for i, o in enumerate(occupant) if o is None):
+                if not (ready or waiting):
                     break
-                r, j, prefix, row = ready.popleft()
+                r, j, prefix, row = next_ready()
                 state = self._call(insert, state, prefix, row, slot, *self._row(requests[r], j))
-                occupant[slot] = (r, j, self._clock())
+                occupant[slot] = (r, j, self.stats.steps)
+            for row in range(staging_count):
+                if row in staged or not (ready or waiting):
+                    continue
+                r, j, prefix, prow = next_ready()
+                args = (prefix, prow, row, *self._row(requests[r], j))
+                staging = self._call(insert, staging, *args)
+                staged[row] = (r, j)
+                order.append(row)
             graphdef, params, head = decoding
-            steps, state = self._call(
-                sampler.run_steps,
-                graphdef,
-                params,
-                state,
-                tok,
-                pad,
-                jnp.int32(new),
-                jnp.bool_(bool(waiting or ready)),
-                head,
-                self.mesh,
-                steer,
-            )
+            more = jnp.bool_(bool(waiting or ready))  # what the host holds: stop as one ends
+            queue = ()
+            if staging is not None:
+                rows = np.full((staging_count,), -1, np.int32)
+                rows[: len(order)] = list(order)
+                queue = (staging, rows, np.int32(len(order)))
+            start, first_step = self._clock(), self.stats.steps
+            limits = (pad, jnp.int32(new), more)
+            call = (graphdef, params, state, tok, *limits, head, self.mesh, steer, *queue)
+            steps, state, refills = self._call(run_steps, *call)
             done = np.asarray(to_host(state.done))
             steps = int(steps)
+            timeline.add(first_step, steps, start, self._clock())
             self.stats.steps += steps
             self.stats.slot_steps += steps * slots
+            taken = 0 if refills is None else int(refills.taken)
+            if taken:  # samples that ended inside the loop, their slots taken by staged ones
+                host = to_host(refills.replace(order=None))
+                for e in range(taken):
+                    slot, after = int(host.slot[e]), first_step + int(host.step[e])
+                    yield finished(host.out, e, occupant[slot], after + 1)
+                    occupant[slot] = (*staged.pop(order.popleft()), after + 1)
             ended = [i for i, o in enumerate(occupant) if o is not None and done[i]]
             if ended:
                 host = to_host(_outputs(state))
                 for slot in ended:
-                    r, j, t0 = occupant[slot]
+                    r, j, first = occupant[slot]
                     occupant[slot] = None
-                    sample = _sample(host, slot, r, j, self._clock() - t0)
-                    self.stats.tokens += len(sample.tokens)
-                    yield sample
+                    yield finished(host, slot, (r, j, first), first + int(host["lengths"][slot]))
+
+    def _empty(self, requests: Sequence[Request], rows: int, queue_width: int) -> LoopState:
+        """`rows` free rows (slots, or staging rows) with caches long enough for `requests`."""
+        length, new = self.cache_length(requests), max_new_of(requests)
+        state = empty_slots(self.cfg, rows, length, new, queue_width, self.dtype)
+        if self.hybrid is None:
+            return state
+        if any(r.base_prompt is None for r in requests):
+            raise ValueError("hybrid decoding: every request needs the base model's prompt")
+        base_length = self.cache_length(requests, base=True)
+        return state.replace(hybrid=self.hybrid.empty(rows, base_length, new))
 
     def _clock(self) -> float:
         """Seconds that leave out compilation: a sample's time runs on this clock."""
@@ -449,3 +581,26 @@ def _sample(host: dict, slot: int, request: int, j: int, seconds: float) -> Samp
         latents=row("latents"),
         coefficients=row("coefficients"),
     )
+
+
+class Timeline:
+    """When the engine's steps ran: each call of the step loop as (first step, steps, start,
+    end) on the engine's clock, steps spread evenly over their call."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, int, float, float]] = []
+
+    def add(self, first: int, steps: int, start: float, end: float) -> None:
+        if steps:
+            self.calls.append((first, steps, start, end))
+
+    def at(self, step: int, starting: bool) -> float:
+        """The time step `step` began (`starting`) or step `step - 1` ended."""
+        firsts = [c[0] for c in self.calls]
+        i = bisect.bisect_right(firsts, step if starting else step - 1) - 1
+        first, steps, start, end = self.calls[max(i, 0)]
+        return start + (end - start) * min(max(step - first, 0), steps) / steps
+
+    def seconds(self, first: int, end: int) -> float:
+        """Seconds from the start of step `first` to the end of step `end - 1`."""
+        return self.at(end, starting=False) - self.at(first, starting=True)

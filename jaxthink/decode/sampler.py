@@ -7,9 +7,9 @@
 Parameters are passed as an argument (not closed over) so the compiled program does not embed
 them. Everything per-row (mode numbers, temperature, top-k/p, key, step count, max_new_tokens)
 lives in the loop carry: changing values never recompiles; only shapes (rows, prompt length,
-token buffer, cache length) do, and a row may start or end at any step. `run_steps` is the loop
-the slot engine (`jaxthink.decode.engine`) drives; `prefill` + `decode` run one static batch (the
-benchmarks' baseline).
+token buffer, cache length) do, and a row may start or end at any step. The slot engine
+(`jaxthink.decode.engine`) drives `loop` with refills between steps; `prefill` + `decode` run one
+static batch (the benchmarks' baseline).
 """
 
 from __future__ import annotations
@@ -204,42 +204,39 @@ def step(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "mesh"), donate_argnames=("state",))
-def run_steps(
-    graphdef,
-    params,
+def loop(
+    model,
+    head,
     state: LoopState,
     tok,
     pad_id,
     max_steps,
     until_one_ends,
-    head=None,
     mesh=None,
     steer=None,
+    between=None,
+    aux=None,
 ):
-    """Decodes until every row has ended, or `max_steps` steps have run, or (with
-    `until_one_ends`) a row that was running has ended: the slot engine then refills it. Both
-    limits are traced values, so changing them never recompiles. `head` is `output_matrix`'s,
-    made once by the caller (this runs many times a generation); `steer` makes it hybrid
-    decoding (see `step`). Returns (steps run, state)."""
-    TRACE_COUNT["decode"] += 1
-    model = nnx.merge(graphdef, params)
-    return _loop(model, head, state, tok, pad_id, max_steps, until_one_ends, mesh, steer)
-
-
-def _loop(model, head, state: LoopState, tok, pad_id, max_steps, until_one_ends, mesh, steer=None):
+    """Steps until every row has ended, or `max_steps` steps have run, or (with
+    `until_one_ends`) a row that was running when the loop began has ended. After each step,
+    `between(i, state, running, aux) -> (state, aux)` may change rows (the slot engine refills
+    ended ones there; `running` marks the rows running at the start). Returns (steps, state,
+    aux)."""
     running = ~state.done
 
     def cond(carry):
-        i, s = carry
+        i, s, _ = carry
         one_ended = jnp.any(running & s.done)
         return (i < max_steps) & ~jnp.all(s.done) & ~(until_one_ends & one_ended)
 
     def body(carry):
-        i, s = carry
-        return i + 1, step(model, head, s, tok, pad_id, mesh, steer)
+        i, s, a = carry
+        s = step(model, head, s, tok, pad_id, mesh, steer)
+        if between is not None:
+            s, a = between(i, s, running, a)
+        return i + 1, s, a
 
-    return jax.lax.while_loop(cond, body, (jnp.int32(0), state))
+    return jax.lax.while_loop(cond, body, (jnp.int32(0), state, aux))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mesh"), donate_argnames=("state",))
@@ -259,7 +256,7 @@ def decode(
     never = jnp.int32(np.iinfo(np.int32).max)
     model = nnx.merge(graphdef, params)
     head = output_matrix(model, state.tokens.shape[0])
-    return _loop(model, head, state, tok, pad_id, never, jnp.bool_(False), mesh)[1]
+    return loop(model, head, state, tok, pad_id, never, jnp.bool_(False), mesh)[1]
 
 
 def bucket(length: int, multiple: int = 32) -> int:

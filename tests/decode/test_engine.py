@@ -107,23 +107,58 @@ def test_no_recompilation_while_requests_come_and_go(demo_like):
     assert before == sampler.TRACE_COUNT
 
 
-def test_occupancy_counts_generated_tokens_over_slot_steps(demo_like):
+def fixed_lengths(demo_like, lengths):
+    """(engine, tok, requests): greedy requests that each run to their own max_new_tokens."""
     model, tokenizer = demo_like
     tok = policy_tokens(tokenizer, jaxthink.ModeOptions(), 103)
-    lengths = [2, 9, 3, 3, 5, 2]
+    tok = tok.replace(eos=tok.eos.at[:].set(False))  # no row ends before its max_new_tokens
     requests = [
         engine.Request(
             prompt=[5, 6, 7], key=prompt_key(0, p), max_new_tokens=n, mode=(2, 0, 0, 0, 0)
         )
         for p, n in enumerate(lengths)
     ]
-    tok = tok.replace(eos=tok.eos.at[:].set(False))  # every row runs to its own max_new_tokens
-    runner = engine.Engine(model, 0)
+    return engine.Engine(model, 0), tok, requests
+
+
+def test_occupancy_counts_generated_tokens_over_slot_steps(demo_like):
+    lengths = [2, 9, 3, 3, 5, 2]
+    runner, tok, requests = fixed_lengths(demo_like, lengths)
     out = {s.request: len(s.tokens) for s in runner.run(requests, tok, slots=2)}
     assert out == dict(enumerate(lengths))
     assert runner.stats.tokens == sum(lengths)
     # requests enter as slots free up: 2+9 | 3+3+5+2 -> the slots are busy for 13 of 13 steps
     assert runner.stats.steps == 13 and runner.stats.occupancy == pytest.approx(24 / 26)
+
+
+def test_ended_rows_hand_their_slots_to_staged_samples_inside_the_loop(demo_like, monkeypatch):
+    """Two slots and two staging rows: the first call starts requests 0 and 1 and stages 2 and
+    3, which take slot 0 after steps 2 and 5; it returns when 3 ends (step 8) with 4 and 5 still
+    on the host. The second runs 4 in slot 0, hands slot 1 to 5 when 1 ends at step 9, and
+    returns when all have ended. Each sample's seconds cover its own steps."""
+    runner, tok, requests = fixed_lengths(demo_like, [2, 9, 3, 3, 5, 2])
+    calls, run_steps = [], engine.run_steps
+
+    def spy(*args):
+        out = run_steps(*args)
+        calls.append((int(out[0]), int(out[2].taken)))  # (steps, samples taken from staging)
+        return out
+
+    monkeypatch.setattr(engine, "run_steps", spy)
+    samples = {s.request: s for s in runner.run(requests, tok, slots=2)}
+    assert calls == [(8, 2), (5, 1)]
+    assert {r: len(s.tokens) for r, s in samples.items()} == {0: 2, 1: 9, 2: 3, 3: 3, 4: 5, 5: 2}
+    assert all(s.seconds > 0 for s in samples.values())
+    assert samples[1].seconds > samples[0].seconds
+
+
+def test_the_timeline_spreads_steps_over_their_call():
+    timeline = engine.Timeline()
+    timeline.add(0, 4, 10.0, 14.0)  # steps 0-3 from t=10 to 14
+    timeline.add(4, 2, 20.0, 22.0)  # steps 4-5 from t=20 to 22, after host work
+    assert timeline.seconds(0, 4) == 4.0
+    assert timeline.seconds(2, 5) == 21.0 - 12.0
+    assert timeline.seconds(4, 6) == 2.0
 
 
 LLAMA3 = dict(

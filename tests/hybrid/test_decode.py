@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 import jaxthink
-from jaxthink.decode import sampler
+from jaxthink.decode import engine, sampler
 from jaxthink.hybrid.decoding import choose, hybrid_generate, run_hybrid
 from jaxthink.hybrid.reference import hybrid_reference
 from jaxthink.hybrid.sae import init_sae
@@ -233,15 +233,15 @@ def test_generate_front_end(pair, tmp_path):
 
 def spy_layouts(monkeypatch) -> list:
     """Records (thinking, base) `out_in` of the weights every compiled-loop call runs on."""
-    layouts, run_steps = [], sampler.run_steps
+    layouts, run_steps = [], engine.run_steps
 
     def spy(graphdef, params, *args):
-        steer = args[-1]
+        steer = args[7]  # after state, tok, pad_id, max_steps, until_one_ends, head, mesh
         out_in = lambda d, p: nnx.merge(d, p).layers[0].mlp.out_in
         layouts.append((out_in(graphdef, params), out_in(steer.base_def, steer.base_params)))
         return run_steps(graphdef, params, *args)
 
-    monkeypatch.setattr(sampler, "run_steps", spy)
+    monkeypatch.setattr(engine, "run_steps", spy)
     return layouts
 
 
