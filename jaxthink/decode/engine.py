@@ -78,7 +78,7 @@ class Sample:
     think_count: int
     answer_count: int
     forced_end: bool
-    seconds: float  # from its insertion into a slot to its end, compilation left out
+    seconds: float  # wall time of the steps it ran (see `Timeline`), compilation left out
     steered: np.ndarray | None = None  # hybrid decoding: [n] bool, the two greedy tokens differed
     latents: np.ndarray | None = None  # [n] int32 latent picked at each token
     coefficients: np.ndarray | None = None  # [n] int32 index of the coefficient emitted, -1 none

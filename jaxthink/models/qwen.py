@@ -58,11 +58,14 @@ class RMSNorm(nnx.Module):
 
 @struct.dataclass
 class KVCache:
-    """Keys [B * kv_heads, S, head_dim] and values [B * kv_heads, head_dim, S] per layer (row b's
-    heads at b * kv_heads ...), with per-row bookkeeping. This is the layout XLA's dot wants:
-    the (batch, kv head) pairs as one batch axis, and the axis attention contracts over
-    innermost. With the contracted axis elsewhere, every decode step transposed every layer's
-    whole cache; with batch and heads apart, a batch-1 step copied it four times.
+    """Keys [B * kv_heads, head_dim, S] and values [B * kv_heads, S, head_dim] per layer (row b's
+    heads at b * kv_heads ...), with per-row bookkeeping. The (batch, kv head) pairs are one
+    batch axis: with batch and heads apart, a batch-1 step copied the cache four times. Each
+    product reads its cache operand with the contracted axis major and the output's minor: for
+    a kv head's G query heads (grouped-query attention) XLA:CPU's dot then runs as a matrix
+    product, where the transposed layouts (S before head_dim for keys) ran G matrix-vector
+    products at a fifth of the speed (45 ms against 9 for a layer of 64 rows, G = 6, 576
+    positions, head_dim 128); for G = 1 the two are equal.
 
     `valid[b, s]` marks written, non-pad slots; `index[b]` is the next slot row b writes;
     `pos[b]` is the RoPE position of row b's next real token.
@@ -80,8 +83,8 @@ class KVCache:
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
-    k_shape = (batch * cfg.num_kv_heads, length, cfg.head_dim)
-    v_shape = (batch * cfg.num_kv_heads, cfg.head_dim, length)
+    k_shape = (batch * cfg.num_kv_heads, cfg.head_dim, length)
+    v_shape = (batch * cfg.num_kv_heads, length, cfg.head_dim)
     return KVCache(
         k=tuple(jnp.zeros(k_shape, dtype) for _ in range(cfg.num_layers)),
         v=tuple(jnp.zeros(v_shape, dtype) for _ in range(cfg.num_layers)),
@@ -161,21 +164,21 @@ class Attention(nnx.Module):
         """x [B,T,E]; cos_sin from `rotary`; mask [B,T,S] over the keys attended (S = T without
         a cache).
 
-        With `cache_kv` = (k [B*K,S,D], v [B*K,D,S]), this step's keys and values are written at
+        With `cache_kv` = (k [B*K,D,S], v [B*K,S,D]), this step's keys and values are written at
         slot `write_index[b] + t` and attention reads the whole cache. With `cache_kv` but no
         `write_index` the cache is only read: each query attends to the cache slots the mask
         allows and to its own key (T alternatives for one position), and (k, v) come back as given.
         """
         q, k, v = self._project(x, cos_sin)
-        k, v = _merge_rows(k.transpose(0, 2, 1, 3)), _merge_rows(v.transpose(0, 2, 3, 1))
+        k, v = _merge_rows(k.transpose(0, 2, 3, 1)), _merge_rows(v.transpose(0, 2, 1, 3))
         scale = self.cfg.head_dim**-0.5
         if cache_kv is not None and write_index is None:
             out = _attend_with_self(q, k, v, cache_kv, mask, scale)
             k, v = cache_kv
         else:
             if cache_kv is not None:
-                k = _write(cache_kv[0], k, write_index, axis=1)
-                v = _write(cache_kv[1], v, write_index, axis=2)
+                k = _write(cache_kv[0], k, write_index, axis=2)
+                v = _write(cache_kv[1], v, write_index, axis=1)
             out = _attend(q, k, v, mask, scale)
         # With heads merged (one [B*T,H*D] x [H*D,E] product) XLA does not choose a transposed
         # layout for `o`, which on CPU copied the weight at every decode step.
@@ -224,34 +227,34 @@ def _scores_mask(mask: Array, n: int, groups: int) -> Array:
 
 
 def _attend(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
-    """Grouped-query attention: q [B,T,H,D] against k [B*K,S,D] and v [B*K,D,S], H = K * groups."""
+    """Grouped-query attention: q [B,T,H,D] against k [B*K,D,S] and v [B*K,S,D], H = K * groups."""
     b, t, h, _ = q.shape
     n = k.shape[0]
     qg = _grouped(q, n)
-    scores = jnp.einsum("nsd,nqd->nqs", k.astype(q.dtype), qg).astype(jnp.float32) * scale
+    scores = jnp.einsum("nds,nqd->nqs", k.astype(q.dtype), qg).astype(jnp.float32) * scale
     scores = jnp.where(_scores_mask(mask, n, h * b // n), scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    return _ungrouped(jnp.einsum("nds,nqs->nqd", v.astype(q.dtype), probs), b, t)
+    return _ungrouped(jnp.einsum("nsd,nqs->nqd", v.astype(q.dtype), probs), b, t)
 
 
 def _attend_with_self(q, k_self, v_self, cache_kv, mask, scale: float) -> Array:
     """Attention of q [B,T,H,D] to the cache slots `mask` [B,T,S] allows plus each query's own
-    key/value (k_self [B*K,T,D], v_self [B*K,D,T]): one softmax over S + 1 scores, the cache
+    key/value (k_self [B*K,D,T], v_self [B*K,T,D]): one softmax over S + 1 scores, the cache
     unchanged."""
     b, t, h, _ = q.shape
     k_cache, v_cache = cache_kv
     n, groups = k_cache.shape[0], h * b // k_cache.shape[0]
     qg = _grouped(q, n)  # [N, G*T, D]
     # query (g, t)'s own key and value, in the same [N, G*T, D] order
-    k_own = jnp.tile(k_self, (1, groups, 1)).astype(q.dtype)
-    v_own = jnp.tile(v_self.swapaxes(1, 2), (1, groups, 1)).astype(q.dtype)
-    to_cache = jnp.einsum("nsd,nqd->nqs", k_cache.astype(q.dtype), qg)
+    k_own = jnp.tile(k_self.swapaxes(1, 2), (1, groups, 1)).astype(q.dtype)
+    v_own = jnp.tile(v_self, (1, groups, 1)).astype(q.dtype)
+    to_cache = jnp.einsum("nds,nqd->nqs", k_cache.astype(q.dtype), qg)
     to_self = jnp.sum(qg * k_own, axis=-1, keepdims=True)
     scores = jnp.concatenate([to_cache, to_self], axis=-1).astype(jnp.float32) * scale
     allowed = jnp.concatenate([mask, jnp.ones((b, t, 1), bool)], axis=-1)
     scores = jnp.where(_scores_mask(allowed, n, groups), scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("nds,nqs->nqd", v_cache.astype(q.dtype), probs[..., :-1])
+    out = jnp.einsum("nsd,nqs->nqd", v_cache.astype(q.dtype), probs[..., :-1])
     return _ungrouped(out + probs[..., -1:] * v_own, b, t)
 
 
