@@ -1,6 +1,7 @@
 """Mode policies end to end on a tiny model with the demo tokenizer, and the policy step alone."""
 
 import dataclasses
+import functools
 import json
 
 import jax
@@ -313,13 +314,21 @@ def test_thinking_once_ended_stays_ended(demo_like):
 
 
 def greedy_reference(model, prompt_ids: list[int], new: int) -> list[int]:
-    """Greedy tokens by full forward passes: nothing forced or masked."""
-    ids = list(prompt_ids)
-    for _ in range(new):
-        tokens = jnp.asarray([ids], jnp.int32)
-        logits = forward(model, tokens, jnp.ones_like(tokens, bool))
-        ids.append(int(jnp.argmax(logits[0, -1])))
-    return ids[len(prompt_ids) :]
+    """Greedy tokens by full forward passes: nothing forced or masked. Every pass reads the whole
+    buffer of prompt + `new` tokens (one compiled shape); causal attention keeps the tokens not
+    yet chosen out of the logits read."""
+    graphdef, params = nnx.split(model)
+    p = len(prompt_ids)
+    ids = np.zeros((1, p + new), np.int32)
+    ids[0, :p] = prompt_ids
+    for t in range(p, p + new):
+        ids[0, t] = int(jnp.argmax(_forward_logits(graphdef, params, ids)[0, t - 1]))
+    return ids[0, p:].tolist()
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_logits(graphdef, params, ids):
+    return forward(nnx.merge(graphdef, params), ids, jnp.ones_like(ids, bool))
 
 
 def test_plain_forces_and_masks_nothing(demo_like):
