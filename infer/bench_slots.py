@@ -85,20 +85,25 @@ def _skewed(args):
     hf.get_input_embeddings().weight.data *= LOGIT_SCALE
     hf.save_pretrained(directory)
     model, _, _ = jaxthink.load(directory, tokenizer=False)
+    requests = skewed_requests(args.requests, args.max_new, QWEN_SMALL["vocab_size"], (8, 40))
+    return model, _no_control_tokens(QWEN_SMALL["vocab_size"]), requests
+
+
+def skewed_requests(count: int, longest: int, vocab: int, prompt_lengths: tuple[int, int]):
+    """`count` requests sampled at temperature 0.6 / top-p 0.95, answering only (no thinking
+    phase), with random prompts (lengths in [lo, hi)) and `skewed_lengths` max_new_tokens."""
     rng = np.random.default_rng(1)
-    lengths = skewed_lengths(args.requests, args.max_new)
-    requests = [
+    return [
         Request(
-            prompt=rng.integers(10, 150000, rng.integers(8, 40)).tolist(),
+            prompt=rng.integers(10, vocab - 1, rng.integers(*prompt_lengths)).tolist(),
             key=prompt_key(0, i),
             mode=(2, 0, 2**30, 0, 0),
             temperature=0.6,
             top_p=0.95,
             max_new_tokens=n,
         )
-        for i, n in enumerate(lengths)
+        for i, n in enumerate(skewed_lengths(count, longest))
     ]
-    return model, _no_control_tokens(QWEN_SMALL["vocab_size"]), requests
 
 
 def _no_control_tokens(vocab: int) -> PolicyTokens:
@@ -223,17 +228,24 @@ def run_command(args: argparse.Namespace) -> None:
     """Measures each workload of --workload and prints its table row."""
     builders = {"skewed": _skewed, "demo": _demo}
     print(f"devices: {jax.devices()}")
-    print(
-        "| workload | requests | slots (KV MiB each) | tokens | median / longest | same tokens | "
-        "static tok/s | engine tok/s | static occupancy | engine occupancy | speedup |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(HEADER)
     for name in args.workload.split(","):
-        r = measure(name, *builders[name](args), args.slots)
-        print(
-            f"| {r['workload']} | {r['requests']} | {r['slots']} ({r['kv_mib']:.2f}) | {r['tokens']} | "
-            f"{r['median']} / {r['longest']} | {r['same_tokens']} of {r['requests']} | {r['static_tok_s']:.0f} | "
-            f"{r['engine_tok_s']:.0f} | {100 * r['static_occupancy']:.1f}% | "
-            f"{100 * r['engine_occupancy']:.1f}% | {r['speedup']:.2f}x |",
-            flush=True,
-        )
+        print(format_row(measure(name, *builders[name](args), args.slots)), flush=True)
+
+
+HEADER = (
+    "| workload | requests | slots (KV MiB each) | tokens | median / longest | same tokens | "
+    "static tok/s | engine tok/s | static occupancy | engine occupancy | speedup |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def format_row(r: dict) -> str:
+    """A `measure` result as a row of HEADER's table."""
+    return (
+        f"| {r['workload']} | {r['requests']} | {r['slots']} ({r['kv_mib']:.2f}) | {r['tokens']} | "
+        f"{r['median']} / {r['longest']} | {r['same_tokens']} of {r['requests']} | "
+        f"{r['static_tok_s']:.0f} | {r['engine_tok_s']:.0f} | "
+        f"{100 * r['static_occupancy']:.1f}% | {100 * r['engine_occupancy']:.1f}% | "
+        f"{r['speedup']:.2f}x |"
+    )

@@ -6,11 +6,12 @@
     python -m infer --mode hybrid --model THINKING_DIR --base-model BASE_DIR --steering FILE
     python -m infer bench
     python -m infer bench-hybrid
+    python -m infer bench-device          # on a GPU / TPU: a 1.5B model against its roofline
     python -m infer hybrid-study --out runs/hybrid_study
 
 The commands are subparsers: `generate` (the default, so `python -m infer --mode ...` is
-`python -m infer generate --mode ...`), `bench`, `bench-hybrid`, `bench-slots` and
-`hybrid-study`. The flags of
+`python -m infer generate --mode ...`), `bench`, `bench-hybrid`, `bench-slots`, `bench-device`
+and `hybrid-study`. The flags of
 `generate` become one checked `GenerateCommand` before any model is loaded. Without --model the
 shipped demo model answers. Human output shows the thinking dimmed (colours only on a terminal,
 and never with NO_COLOR set), then the answer, the mode and token counts; --json prints one JSON
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from infer import bench, bench_hybrid, bench_slots, hybrid, hybrid_study
+from infer import bench, bench_device, bench_hybrid, bench_slots, hybrid, hybrid_study
 from jaxthink.decode.generate import GenerateConfig
 from jaxthink.eval import PRESETS
 from jaxthink.policies import Mode, ModeOptions, modes_help, parse_modes
@@ -42,6 +43,7 @@ COMMANDS = {
     "bench": ("decode speed beside transformers' generate", bench),
     "bench-hybrid": ("cached against uncached hybrid decoding", bench_hybrid),
     "bench-slots": ("continuous batching against a static batch", bench_slots),
+    "bench-device": ("a real-sized model's decode against the memory roofline", bench_device),
     "hybrid-study": ("the hybrid against its base and thinking models", hybrid_study),
 }
 TORCH = 'pip install torch==2.13.0 (or pip install -e ".[bench]")'

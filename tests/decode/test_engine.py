@@ -3,16 +3,18 @@
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 import jaxthink
-from infer import bench_slots
+from infer import bench_device, bench_slots
 from infer.bench import hf_greedy
 from infer.bench_slots import skewed_lengths
 from jaxthink.decode import engine, sampler
 from jaxthink.decode.generate import GenerateConfig, policy_tokens, prompt_key
+from jaxthink.models.shapes import SHAPES
 from tests.decode.test_sampler import PROMPTS, plain_tokens
 from tests.hf_models import write_char_checkpoint, write_tiny_hf
 
@@ -221,6 +223,34 @@ def test_bench_slots_prints_a_row_per_workload_with_the_same_tokens(capsys):
     bench_slots.main(["--workload", "demo", "--requests", "7", "--slots", "2"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| demo")]
     assert len(rows) == 1 and "| 7 of 7 |" in rows[0]  # static and engine emit the same tokens
+
+
+def test_bench_device_prints_decode_rows_against_the_roofline_and_the_slots_row(capsys):
+    """The device bench's tables on a tiny float32 model (on a GPU it runs a 1.5B one)."""
+    bench_device.main(
+        ["--shape", "tiny", "--dtype", "float32", "--batch", "2", "--new-tokens", "4"]
+        + ["--prompt-len", "8", "--requests", "6", "--slots", "2", "--repeats", "1"]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    decode = [line.split(" | ") for line in lines if line.startswith("| 2 |")]
+    assert [row[1] for row in decode] == ["greedy", "T=0.6 top-p 0.95"]
+    assert all(float(row[4]) > 0 for row in decode)  # the roofline's ms
+    (slots,) = [line for line in lines if line.startswith("| skewed")]
+    assert "| 6 of 6 |" in slots
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_step_bytes_count_the_weights_read_and_the_caches(tied):
+    """A step reads every weight but an untied input embedding, of which only `batch` rows."""
+    from jaxthink.models import ModelConfig, Qwen
+
+    hf = {**SHAPES["tiny"], "architectures": ["Qwen2ForCausalLM"], "tie_word_embeddings": tied}
+    cfg = ModelConfig.from_hf({**hf, "max_position_embeddings": 64})
+    model = Qwen(cfg, rngs=nnx.Rngs(0))
+    weights = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    unread = 0 if tied else (cfg.vocab_size - 3) * cfg.hidden_size
+    kv = engine.kv_bytes_per_slot(cfg, 10, jnp.float32)
+    assert bench_device.step_bytes(model, 3, 10) == 4 * (weights - unread) + 3 * kv
 
 
 def test_skewed_lengths_have_a_median_of_an_eighth_of_the_longest():
