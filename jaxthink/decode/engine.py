@@ -9,10 +9,11 @@
       --> finished samples, as they end (`Sample`: host arrays)
 
 The programs have fixed shapes (prefill and insert per (rows, prompt bucket), the step loop once
-per slot count, with and without staging), so requests come and go without recompiling. Sample j of a request draws from
-fold_in(request key, j), keyed again by its own step count, so its tokens depend on (seed,
-request, sample index) only: not on its slot, its neighbours, the number of slots or the order in
-which samples end (the JetStream prefill / insert / generate pattern, with multi-sampling).
+per slot count, with and without staging), so requests come and go without recompiling. Sample
+j of a request draws from fold_in(request key, j), keyed again by its own step count, so its
+tokens depend on (seed, request, sample index) only: not on its slot, its neighbours, the number
+of slots or the order in which samples end (the JetStream prefill / insert / generate pattern,
+with multi-sampling).
 """
 
 from __future__ import annotations
@@ -589,15 +590,16 @@ class Timeline:
 
     def __init__(self):
         self.calls: list[tuple[int, int, float, float]] = []
+        self.firsts: list[int] = []  # each call's first step, ascending
 
     def add(self, first: int, steps: int, start: float, end: float) -> None:
         if steps:
             self.calls.append((first, steps, start, end))
+            self.firsts.append(first)
 
     def at(self, step: int, starting: bool) -> float:
         """The time step `step` began (`starting`) or step `step - 1` ended."""
-        firsts = [c[0] for c in self.calls]
-        i = bisect.bisect_right(firsts, step if starting else step - 1) - 1
+        i = bisect.bisect_right(self.firsts, step if starting else step - 1) - 1
         first, steps, start, end = self.calls[max(i, 0)]
         return start + (end - start) * min(max(step - first, 0), steps) / steps
 
