@@ -48,6 +48,13 @@ def test_greedy_generation_on_a_mesh_equals_one_device(sampled, mesh):
     assert sampled["meshes"][mesh]["tokens"] == sampled["reference"]
 
 
+def test_staged_samples_on_a_mesh_equal_one_device(sampled):
+    """Nine prompts through 4 slots of a 2x2x2 mesh (with 4 staging rows) against 9 slots of
+    one device."""
+    assert sampled["staged"]["mesh"] == sampled["staged"]["alone"]
+    assert len({len(t) for t in sampled["staged"]["alone"]}) > 1  # rows end at different steps
+
+
 @pytest.mark.parametrize(
     "mesh, k_shard, up_shard",
     [

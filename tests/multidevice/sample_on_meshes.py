@@ -35,6 +35,17 @@ def main(path: str) -> None:
             "up_shards": sorted({tuple(s.data.shape) for s in up.addressable_shards}),
             "num_devices": len(k.sharding.device_set),
         }
+    # more samples than slots: rows that end take staged samples inside the sharded loop
+    many, slots = QUESTIONS * 3, jaxthink.GenerateConfig(max_new_tokens=24, slots=4)
+    stop = [tokenizer.convert_tokens_to_ids("J")]  # ends these rows at 24, 14 and 6 tokens
+    flowing = lambda m, cfg: jaxthink.generate(
+        m, tokenizer, many, "think_budget=6", cfg, stop_tokens=stop
+    )
+    sharded, _, _ = jaxthink.load(path, mesh=make_mesh(MeshConfig(2, 2, 2)))
+    out["staged"] = {
+        "alone": [g.token_ids for g in flowing(model, slots.replace(slots=len(many)))],
+        "mesh": [g.token_ids for g in flowing(sharded, slots)],
+    }
     errors = {}
     for sizes in [(3, 1, 1), (2, 2, 3), (-1, -1, 2)]:
         try:
