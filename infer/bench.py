@@ -458,7 +458,7 @@ def sampling_costs(
     print(SAMPLING_HEADER, flush=True)
     rows = []
     for name, scale in [("as initialised", 1.0), ("spread", SPREAD_SCALE)]:
-        model.embed.value = model.embed[...] * scale
+        model.embed[...] = model.embed[...] * scale
         graphdef, params = nnx.split(model)
         spread = _logit_spread(graphdef, params, prompts, tok)
         times, ratios = _time_samplings(
