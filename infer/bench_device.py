@@ -14,7 +14,8 @@ is built directly on the device in `--dtype`. Two tables:
   each row's KV cache up to its mean filled length) over the read bandwidth measured on the device
   (`read_bandwidth_gbs`), and the step's time over it;
 - continuous batching (`infer.bench_slots.measure`): `--requests` sampled requests of skewed
-  lengths (median 1/8 of `--new-tokens`) through `--slots` slots against the static batch.
+  lengths (median 1/8 of `--new-tokens`; prompts of 15/16 to all of `--prompt-len`) through
+  `--slots` slots against the static batch.
 """
 
 from __future__ import annotations
@@ -122,11 +123,9 @@ def run_command(args: argparse.Namespace) -> None:
     batches = args.batch or [1, 8, 64]
     decode_rows(model, batches, args.prompt_len, args.new_tokens, args.repeats, bandwidth * 1e9)
     tok = _no_control_tokens(model.cfg.vocab_size)
-    requests = skewed_requests(
-        args.requests,
-        args.new_tokens,
-        model.cfg.vocab_size,
-        (args.prompt_len // 2, args.prompt_len),
-    )
+    # prompts of 15/16 to all of --prompt-len: one or two 32-token buckets, so few programs to
+    # compile; the lengths that differ tenfold are the outputs'
+    prompts = (max(1, args.prompt_len * 15 // 16), args.prompt_len + 1)
+    requests = skewed_requests(args.requests, args.new_tokens, model.cfg.vocab_size, prompts)
     print(HEADER)
     print(format_row(measure("skewed", model, tok, requests, args.slots)), flush=True)
