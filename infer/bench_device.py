@@ -34,14 +34,6 @@ DECODE_SAMPLINGS = ("greedy", "T=0.6 top-p 0.95")
 BANDWIDTH_BYTES = 1 << 28  # the array the read bandwidth is measured on: far beyond any cache
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m infer bench-device", description=__doc__.split("\n")[0]
-    )
-    add_arguments(p)
-    return p
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", default="r1-distill-qwen-1.5b", choices=list(SHAPES))
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
@@ -72,22 +64,23 @@ def step_bytes(model, batch: int, cache_positions: float) -> int:
     from jaxthink.decode.engine import kv_bytes_per_slot
 
     cfg = model.cfg
-    params = nnx.state(model, nnx.Param)
-    itemsize = jax.tree.leaves(params)[0].dtype.itemsize
-    weights = sum(x.size for x in jax.tree.leaves(params)) * itemsize
+    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+    dtype = leaves[0].dtype
+    weights = sum(x.size for x in leaves) * dtype.itemsize
     if not cfg.tie_word_embeddings:  # the lookup reads `batch` rows of the input embedding
-        weights -= (cfg.vocab_size - batch) * cfg.hidden_size * itemsize
-    kv = kv_bytes_per_slot(cfg, 1, jax.tree.leaves(params)[0].dtype) * cache_positions
+        weights -= (cfg.vocab_size - batch) * cfg.hidden_size * dtype.itemsize
+    kv = kv_bytes_per_slot(cfg, 1, dtype) * cache_positions
     return int(weights + batch * kv)
 
 
-def decode_rows(model, batches, prompt_len: int, new_tokens: int, repeats: int, bandwidth: float):
+def decode_rows(
+    model, tok, batches, prompt_len: int, new_tokens: int, repeats: int, bandwidth: float
+):
     """Prints and returns a row per (batch, sampling): ms per step against the roofline at
     `bandwidth` bytes / second."""
     from flax import nnx
 
     graphdef, params = nnx.split(model)
-    tok = _no_control_tokens(model.cfg.vocab_size)
     rng = np.random.default_rng(0)
     rows = []
     for b in batches:
@@ -108,7 +101,9 @@ def decode_rows(model, batches, prompt_len: int, new_tokens: int, repeats: int, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_command(build_parser().parse_args(argv))
+    p = argparse.ArgumentParser(prog="python -m infer bench-device", description=__doc__)
+    add_arguments(p)
+    run_command(p.parse_args(argv))
 
 
 def run_command(args: argparse.Namespace) -> None:
@@ -120,9 +115,10 @@ def run_command(args: argparse.Namespace) -> None:
     print(f"read bandwidth: {bandwidth:.0f} GB/s")
     print("| batch | sampling | ms/step | tok/s | roofline ms | x roofline |")
     print("|---|---|---|---|---|---|")
-    batches = args.batch or [1, 8, 64]
-    decode_rows(model, batches, args.prompt_len, args.new_tokens, args.repeats, bandwidth * 1e9)
     tok = _no_control_tokens(model.cfg.vocab_size)
+    batches = args.batch or [1, 8, 64]
+    timing = (args.prompt_len, args.new_tokens, args.repeats, bandwidth * 1e9)
+    decode_rows(model, tok, batches, *timing)
     # prompts of 15/16 to all of --prompt-len: one or two 32-token buckets, so few programs to
     # compile; the lengths that differ tenfold are the outputs'
     prompts = (max(1, args.prompt_len * 15 // 16), args.prompt_len + 1)

@@ -393,6 +393,8 @@ class Engine:
         length, new = self.cache_length(requests), max_new_of(requests)
         self.stats.slots = slots
         self.stats.kv_bytes_per_slot = kv_bytes_per_slot(self.cfg, length, self.dtype)
+        if self.hybrid is not None and any(r.base_prompt is None for r in requests):
+            raise ValueError("hybrid decoding: every request needs the base model's prompt")
         t0 = time.perf_counter()  # setting up: the empty slots and the weights' layouts
         queue_width = tok.end_seq.shape[0]
         state = self._empty(requests, slots, queue_width)
@@ -472,8 +474,6 @@ class Engine:
         state = empty_slots(self.cfg, rows, length, new, queue_width, self.dtype)
         if self.hybrid is None:
             return state
-        if any(r.base_prompt is None for r in requests):
-            raise ValueError("hybrid decoding: every request needs the base model's prompt")
         base_length = self.cache_length(requests, base=True)
         return state.replace(hybrid=self.hybrid.empty(rows, base_length, new))
 
