@@ -31,10 +31,11 @@ them by the same blocks and reuses the tempered normaliser that a sampled row's 
     the threshold's first position, whose prefix mass is < p; a removed one's include every
     kept token, whose mass is >= p). One pass over the batch tests it; the rows it rejects
     (about 1 - p of them) draw again from the block sums they already have, with fresh
-    uniforms, gathered RETRY_ROWS at a time so that a retest reads their rows only. A kept draw
-    follows the filtered softmax exactly and is kept with probability the set's mass (>= p):
-    ~1 / p draws. At [64, 151936], T = 0.6, top-p 0.95 on near-flat logits: 12 ms on CPU
-    (temperature alone: 3.6; ~400 with bisections, 26 with every retry over the whole batch).
+    uniforms, one row at a time so that a retest reads that row only. A kept draw follows the
+    filtered softmax exactly and is kept with probability the set's mass (>= p): ~1 / p draws.
+    At [64, 151936], T = 0.6, top-p 0.95 on near-flat logits: 8.7 ms on CPU (temperature
+    alone: 3.6; ~400 with bisections, 26 with every retry over the whole batch, 12.5 with the
+    retries 8 rows at a time and the test's step as min / max products).
   - rows with top-k on (top_k >= C, or ties reaching the C-th candidate), and top-p rows still
     rejected after `REJECTION_ATTEMPTS` draws: filters the whole vocabulary by bisection (`top_k_mask`,
     `top_p_mask`: 32 passes each) and draws by the inverse CDF.
@@ -59,12 +60,11 @@ import jax.numpy as jnp
 Array = jax.Array
 _NEG = -1e30
 _BISECTION_STEPS = 32
-_HUGE = 2.0**100
+_STEEP = 2.0**127  # a slope that takes any difference of logits >= 2^-120 past 120
 BLOCK = 128  # tokens per block
 CANDIDATES = 64  # C: top-k / top-p look at this many of the largest logits per row
 FEW_CANDIDATES = 8  # looked at first; the C only when some row needs more
 REJECTION_ATTEMPTS = 8  # draws per row before a top-p row the candidates miss goes to bisection
-RETRY_ROWS = 8  # rows drawn again together after a rejection
 
 
 def check_sampling(temperature: float, top_p: float, top_k: int) -> None:
@@ -275,13 +275,18 @@ def _in_top_p(blocks: Array, top: Array, inv_t: Array, total: Array, top_p, toke
     tokens more likely than it (a strictly greater logit) is < top_p; one pass."""
     b, nb, k = blocks.shape
     x = _take(blocks.reshape(b, nb * k), token)
+    # Without the barrier XLA:CPU fuses the draw behind `token` into the pass and redoes it for
+    # every logit: 15 ms instead of 5.5 at [64, 151936].
+    top, inv_t, x = jax.lax.optimization_barrier((top, inv_t, x))
 
     def more_likely(rows, top, inv_t, x):
-        # rows > x as min(max((rows - x) * 2^100, 0) * 2^100, 1): 1 for any positive difference
-        # (>= 2^-126; a subnormal one may flush to zero: a tie), 0 for none. XLA:CPU does not vectorise
-        # a comparison: jnp.where(rows > x, ...) took this pass from 10 ms to 40 at [64, 151936].
-        step = jnp.minimum(jnp.maximum((rows - x) * _HUGE, 0.0) * _HUGE, 1.0)
-        return jnp.sum(jnp.exp((rows - top) * inv_t) * step, axis=-1)
+        # exp of the tempered logit where rows > x, else of at most -120 (0 in float32): its
+        # exponent's min with (rows - x) * 2^127 - 120, which is >= 0 for a difference of at
+        # least 2^-120 (a smaller one, of logits within 1e-36 of each other, counts as a tie).
+        # XLA:CPU does not vectorise a comparison: jnp.where(rows > x, ...) took this pass from
+        # 4 ms to 14 at [64, 151936], and a 0 / 1 step made of min / max products to 5.3.
+        above = (rows - x) * _STEEP - 120.0
+        return jnp.sum(jnp.exp(jnp.minimum((rows - top) * inv_t, above)), axis=-1)
 
     return _per_block(blocks, [top, inv_t, x], more_likely).sum(-1) < top_p * total
 
@@ -302,43 +307,33 @@ def _draw_top_p(blocks, sums, top, inv_t, top_p, step_keys, first, rows, attempt
     (tokens, draws made per row (0 outside `rows`), rows still rejected after `attempts`).
 
     The first draws are tested in one pass over the batch. The rows it rejects (about 1 - p of
-    them) draw again RETRY_ROWS at a time: gathered into a small batch, so that a further
-    attempt reads their logits only, not the whole batch's."""
-    total = sums.sum(-1)
-    kept = ~rows | _in_top_p(blocks, top, inv_t, total, top_p, first)
-    b = rows.shape[0]
-    r = min(RETRY_ROWS, b)
+    them) draw again one row at a time, so that a further attempt reads that row's logits only
+    (gathering them 8 rows at a time cost 1 ms more per step at [64, 151936])."""
+    kept = ~rows | _in_top_p(blocks, top, inv_t, sums.sum(-1), top_p, first)
 
-    def retry(rows_at: Array, token: Array, padding: Array) -> tuple[Array, Array, Array]:
-        """Attempts 1 .. attempts - 1 for the rows `rows_at` [r], rejected at attempt 0 (where
-        `padding` is true: an entry that fills the r, kept as it is)."""
-        sub = lambda x: x[rows_at]
-        blocks_, sums_, top_, inv_t_, keys_ = map(sub, (blocks, sums, top, inv_t, step_keys))
-        test = lambda t: _in_top_p(blocks_, top_, inv_t_, sums_.sum(-1), top_p[rows_at], t)
+    def next_row(state):
+        token, kept, draws, pending = state
+        i = jnp.argmax(pending)  # the first row still pending
+        at = lambda x: jax.lax.dynamic_index_in_dim(x, i)
+        blocks_, sums_, top_, inv_t_, p_, keys_ = map(
+            at, (blocks, sums, top, inv_t, top_p, step_keys)
+        )
 
         def again(state):
-            attempt, token, kept, draws = state
-            fresh = _draw_blocks(blocks_, sums_, top_, inv_t_, _uniforms(keys_, attempt))
-            token = jnp.where(kept, token, fresh)
-            return attempt + 1, token, kept | test(token), draws + ~kept
+            attempt, token, _ = state
+            u = _uniforms(keys_, attempt)
+            token = _draw_blocks(blocks_, sums_, top_, inv_t_, u)
+            return attempt + 1, token, _in_top_p(blocks_, top_, inv_t_, sums_.sum(-1), p_, token)
 
-        more = lambda state: (state[0] < attempts) & ~jnp.all(state[2])
-        state = (jnp.int32(1), token, padding, jnp.ones(r, jnp.int32))
-        return jax.lax.while_loop(more, again, state)[1:]
-
-    def next_rows(state):
-        token, kept, draws, pending = state
-        padding = jnp.arange(r) >= pending.sum()
-        rows_at = jnp.nonzero(pending, size=r, fill_value=0)[0]
-        fresh, fresh_kept, fresh_draws = retry(rows_at, token[rows_at], padding)
-        to = jnp.where(padding, b, rows_at)  # b: out of range, dropped
-        put = lambda x, y: x.at[to].set(y, mode="drop")
-        pending = put(pending, jnp.zeros(r, bool))
-        return put(token, fresh), put(kept, fresh_kept), put(draws, fresh_draws), pending
+        more = lambda state: (state[0] < attempts) & ~state[2][0]
+        state = (jnp.int32(1), at(token), jnp.zeros(1, bool))
+        tried, token_, kept_ = jax.lax.while_loop(more, again, state)
+        put = lambda x, y: jax.lax.dynamic_update_index_in_dim(x, y, i, 0)
+        return put(token, token_), put(kept, kept_), put(draws, tried[None]), put(pending, False)
 
     pending = ~kept if attempts > 1 else jnp.zeros_like(kept)
     state = (first, kept, rows.astype(jnp.int32), pending)
-    token, kept, draws, _ = jax.lax.while_loop(lambda s: jnp.any(s[3]), next_rows, state)
+    token, kept, draws, _ = jax.lax.while_loop(lambda s: jnp.any(s[3]), next_row, state)
     return token, draws, ~kept
 
 
