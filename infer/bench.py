@@ -431,9 +431,11 @@ def sampling_costs(
     repeats: int,
     min_seconds: float = 0.0,
     shape: dict = SAMPLING_SHAPE,
+    label: str | None = None,
 ) -> list[dict]:
     """ms per decode step of greedy, T = 0.6 and T = 0.6 with top-p 0.95 rows (all rows alike),
-    and each one's ratio to greedy, for two models of `shape`:
+    and each one's ratio to greedy, for two models of `shape` (named "`label`: ..." in the
+    table when given):
 
     - "as initialised": random weights; its logits are near-flat (std ~0.2), so top-p 0.95
       keeps most of the vocabulary and takes sampling's exact (bisection) path;
@@ -467,7 +469,7 @@ def sampling_costs(
         for sampling, t, ratio in zip(SAMPLINGS, times, ratios):
             rows.append(
                 dict(
-                    model=name,
+                    model=name if label is None else f"{label}: {name}",
                     batch=batch,
                     sampling=sampling,
                     ms_per_step=t * 1e3,
@@ -494,7 +496,12 @@ def _format_sampling_row(r: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shape", action="append", choices=list(SHAPES), help="default: all")
+    p.add_argument(
+        "--shape",
+        action="append",
+        choices=list(SHAPES),
+        help="default: all (with --sampling: a 3-layer model of hidden size 128)",
+    )
     p.add_argument("--batch", action="append", type=int, help="default: 1 and 8")
     p.add_argument("--new-tokens", type=int, help="default: 128 (with --sampling: 32)")
     p.add_argument("--prompt-len", type=int, default=32)
@@ -521,10 +528,11 @@ def main(argv: list[str] | None = None) -> None:
 def run_command(args: argparse.Namespace) -> None:
     """The bench the parsed flags ask for (`add_arguments`)."""
     if args.sampling:
-        for b in args.batch or [64]:
-            sampling_costs(
-                b, args.new_tokens or 32, args.prompt_len, args.repeats, args.min_seconds
-            )
+        for name in args.shape or [None]:
+            shape = SAMPLING_SHAPE if name is None else SHAPES[name]
+            for b in args.batch or [64]:
+                timing = args.new_tokens or 32, args.prompt_len, args.repeats, args.min_seconds
+                sampling_costs(b, *timing, shape=shape, label=name)
         return
     shapes, batches = args.shape or list(SHAPES), args.batch or [1, 8]
     new_tokens = args.new_tokens or 128

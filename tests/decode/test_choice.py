@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infer import bench
+from infer import bench, cli
 from jaxthink.decode.choice import (
     CANDIDATES,
     REJECTION_ATTEMPTS,
@@ -325,10 +325,12 @@ def test_check_sampling_accepts_the_edges():
 
 
 def test_sampling_bench_prints_one_row_per_model_and_setting(capsys):
-    """`python -m infer bench --sampling` runs end to end (on a tiny shape: a smoke test)."""
-    bench.sampling_costs(2, 3, 16, repeats=1, shape=bench.SHAPES["tiny"])
+    """`python -m infer bench --sampling --shape tiny` runs end to end (a smoke test)."""
+    argv = ["bench", "--sampling", "--shape", "tiny", "--batch", "2", "--new-tokens", "3"]
+    bench.run_command(cli.parse_args([*argv, "--prompt-len", "16", "--min-seconds", "0"]))
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")][1:]
-    assert [r.split("|")[1].strip() for r in rows] == ["as initialised"] * 3 + ["spread"] * 3
+    models = [r.split("|")[1].strip() for r in rows]
+    assert models == ["tiny: as initialised"] * 3 + ["tiny: spread"] * 3
     ratios = [float(r.split("|")[-2].strip().rstrip("x")) for r in rows]
     assert ratios[0] == ratios[3] == 1.0 and all(np.isfinite(ratios))
 
