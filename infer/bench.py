@@ -438,7 +438,7 @@ def sampling_costs(
     table when given):
 
     - "as initialised": random weights; its logits are near-flat (std ~0.2), so top-p 0.95
-      keeps most of the vocabulary and takes sampling's exact (bisection) path;
+      keeps most of the vocabulary and takes sampling's exact (rejection) path;
     - "spread": the same weights with the tied embedding (so the lm head too) multiplied by
       SPREAD_SCALE = 10. A random model's residual stream is mostly its input token's
       embedding, so its logits get a std of ~2.3 units across the vocabulary with the input
