@@ -412,10 +412,13 @@ def _logit_spread(graphdef, params, prompts, tok) -> dict:
     """Of the first decode step's logits: their std across the vocabulary (mean over rows),
     the mass of the 64 most likely tokens at T = 0.6 (median over rows), and the share of rows
     whose top-p 0.95 set at T = 0.6 is among those 64 (sampling's fast path)."""
+    from flax import nnx
+
     from jaxthink.decode import sampler
 
     rows = _mode_rows(len(prompts), "greedy")
-    logits = np.asarray(sampler.start(graphdef, params, prompts, rows, tok, 1).logits, np.float64)
+    hidden = sampler.start(graphdef, params, prompts, rows, tok, 1).hidden
+    logits = np.asarray(nnx.merge(graphdef, params).logits(hidden), np.float64)
     z = np.sort(logits / 0.6, axis=-1)[:, ::-1]
     probs = np.exp(z - z[:, :1])
     mass = np.cumsum(probs, axis=-1) / probs.sum(-1, keepdims=True)

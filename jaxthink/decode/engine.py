@@ -2,7 +2,7 @@
 
     requests (prompt ids, mode row, sampling row, max_new_tokens, key, sample indices)
       --prefill: a few requests' prompts at once, each prompt once (its n samples share it)
-      --insert: one sample's prompt KV, first logits, mode and sampling rows into a free slot, or
+      --insert: one sample's prompt KV, hidden state, mode and sampling rows into a free slot, or
         into a staging row (up to MAX_STAGED samples wait there, prefilled, inside the loop)
       --run_steps: every slot decodes; a row that ends hands its slot to the next staged sample
         between two steps (no return to the host), until one ends with none left to take it
@@ -135,11 +135,11 @@ def check_slots(slots: int) -> int:
 
 @struct.dataclass
 class Prefix:
-    """Prefilled prompts: their cache, next-token logits and, if asked for, the residual stream
-    after one block at the last position."""
+    """Prefilled prompts: their cache, the last position's residual stream after the last
+    block (the decode step makes the logits from it) and, if asked for, after one block."""
 
     cache: KVCache  # exactly P slots
-    logits: Array  # [R, V] float32
+    hidden: Array  # [R, E]
     captured: Array | None = None  # [R, E]
 
 
@@ -149,9 +149,11 @@ def prefill(graphdef, params, tokens: Array, valid: Array, capture_layer=None) -
     sampler.TRACE_COUNT["prefill"] += 1
     model = nnx.merge(graphdef, params)
     cache = init_cache(model.cfg, tokens.shape[0], tokens.shape[1], params_dtype(params))
-    out = forward_cached(model, tokens, valid, cache, last_only=True, capture_layer=capture_layer)
+    out = forward_cached(
+        model, tokens, valid, cache, last_only=True, capture_layer=capture_layer, return_hidden=True
+    )
     captured = None if capture_layer is None else out[2][:, 0]
-    return Prefix(out[1], out[0][:, 0].astype(jnp.float32), captured)
+    return Prefix(out[1], out[0][:, 0], captured)
 
 
 def put(big: Array, x: Array, slot) -> Array:
@@ -182,7 +184,7 @@ def put_cache(cache: KVCache, prefix: KVCache, row, slot) -> KVCache:
 @functools.partial(jax.jit, donate_argnames=("state",))
 def insert(state: LoopState, prefix, row, slot, pparams, sampling, sample, max_new):
     """Slot `slot` of `state` takes row `row` of a prefill (`prefix`: a `Prefix`, or in hybrid
-    decoding the (thinking, base) pair): its prompt's cache, next-token logits, and a fresh
+    decoding the (thinking, base) pair): its prompt's cache, last hidden state, and a fresh
     policy state for `pparams` [1], with `sampling` [1] (its key the request's: sample `sample`
     draws from fold_in(key, sample)) and `max_new`. Every argument but the state and the prefill
     may be a host (numpy) value."""
@@ -197,7 +199,7 @@ def insert(state: LoopState, prefix, row, slot, pparams, sampling, sample, max_n
         hybrid = hybrid.insert(base, prefix.captured[row], row, slot)
     return state.replace(
         cache=put_cache(state.cache, prefix.cache, row, slot),
-        logits=put(state.logits, prefix.logits[row], slot),
+        hidden=put(state.hidden, prefix.hidden[row].astype(state.hidden.dtype), slot),
         done=put(state.done, False, slot),
         lengths=put(state.lengths, 0, slot),
         finish=put(state.finish, sampler.RUNNING, slot),
@@ -215,9 +217,9 @@ def empty_slots(cfg, slots: int, length: int, max_new: int, queue: int, dtype) -
     """`slots` free slots (all done) with caches of `length` positions."""
     zeros = jnp.zeros((slots,), jnp.int32)
     pparams = PolicyParams(zeros, zeros, zeros, zeros, zeros)
-    logits = jnp.zeros((slots, cfg.vocab_size), jnp.float32)
+    hidden = jnp.zeros((slots, cfg.hidden_size), dtype)
     cache = init_cache(cfg, slots, length, dtype)
-    state = init_loop(logits, cache, pparams, queue, max_new)
+    state = init_loop(hidden, cache, pparams, queue, max_new)
     return state.replace(
         done=jnp.ones((slots,), bool), sampling=sampler.greedy_rows(slots), max_new=zeros
     )

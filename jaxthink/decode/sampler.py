@@ -1,8 +1,9 @@
 """The compiled sampler: one jitted prefill and one jitted `lax.while_loop` decode.
 
-    prompts [B, P] left-padded --prefill--> KV cache + next-token logits
-      --decode loop (state donated): mask_logits -> choose_tokens_and_norm -> policy.step -> record
-         -> forward_cached(1 token per row)--> tokens, log-probs, phases, per-row stats
+    prompts [B, P] left-padded --prefill--> KV cache + the last position's hidden state
+      --decode loop (state donated): logits -> mask_logits -> choose_tokens_and_norm
+         -> policy.step -> record -> forward_cached(1 token per row)
+      --> tokens, log-probs, phases, per-row stats
 
 Parameters are passed as an argument (not closed over) so the compiled program does not embed
 them. Everything per-row (mode numbers, temperature, top-k/p, key, step count, max_new_tokens)
@@ -52,7 +53,7 @@ class LoopState:
     row may start (a slot taking a new request) or end at any step."""
 
     cache: KVCache
-    logits: Array  # [B, V] next-token logits
+    hidden: Array  # [B, E] the last position's residual stream: each step makes its logits
     tokens: Array  # [B, N] generated tokens; row b's t-th token at column t
     logprobs: Array  # [B, N] log-prob of each token under the sampling temperature
     phases: Array  # [B, N] int8 phase each token was emitted in
@@ -76,9 +77,9 @@ def prefill(graphdef, params, tokens, valid, pparams, max_new: int, queue_width:
     cache_length = tokens.shape[1] + max_new
     cache = init_cache(model.cfg, tokens.shape[0], cache_length, params_dtype(params))
     cache = constrain_cache(cache, mesh)
-    logits, cache = forward_cached(model, tokens, valid, cache, last_only=True)
+    hidden, cache = forward_cached(model, tokens, valid, cache, last_only=True, return_hidden=True)
     b = tokens.shape[0]
-    state = init_loop(logits[:, 0].astype(jnp.float32), cache, pparams, queue_width, max_new)
+    state = init_loop(hidden[:, 0], cache, pparams, queue_width, max_new)
     return state.replace(sampling=greedy_rows(b), max_new=jnp.full((b,), max_new, jnp.int32))
 
 
@@ -93,13 +94,14 @@ def params_dtype(params) -> jnp.dtype:
     return jax.tree.leaves(params)[0].dtype
 
 
-def init_loop(logits, cache, pparams: PolicyParams, queue_width: int, max_new: int) -> LoopState:
-    """The first state of rows whose prompts are in `cache`: nothing generated yet; `sampling`
-    and `max_new` are left for the caller to set."""
-    b = logits.shape[0]
+def init_loop(hidden, cache, pparams: PolicyParams, queue_width: int, max_new: int) -> LoopState:
+    """The first state of rows whose prompts are in `cache` (`hidden` [B, E]: their last
+    positions' residual streams): nothing generated yet; `sampling` and `max_new` are left for
+    the caller to set."""
+    b = hidden.shape[0]
     return LoopState(
         cache=cache,
-        logits=logits,
+        hidden=hidden,
         tokens=jnp.zeros((b, max_new), jnp.int32),
         logprobs=jnp.zeros((b, max_new), jnp.float32),
         phases=jnp.zeros((b, max_new), jnp.int8),
@@ -148,32 +150,36 @@ def record(buffer: Array, col: Array, x: Array) -> Array:
 def step(
     model, head, s: LoopState, tok: PolicyTokens, pad_id: Array, mesh=None, steer=None
 ) -> LoopState:
-    """One token for every running row: mask -> choose -> policy -> record -> forward. A row's
-    draw is keyed by (its key, its own step count), never by its place in the batch.
+    """One token for every running row: logits -> mask -> choose -> policy -> record ->
+    forward. A row's draw is keyed by (its key, its own step count), never by its place in the
+    batch. The loop carries the hidden state, not the logits: the step's logits are its own
+    buffer, where a carried [B, V] array would be copied every step (XLA cannot write the next
+    logits over the ones this step still reads: 3-4 ms of a 23 ms step at [64, 151936] on CPU).
 
     With `steer` (`jaxthink.hybrid.decoding.Steer`) this is the hybrid's step: the model is the
     thinking model, `steer.choose` picks the token from both models' last positions, and
     `steer.advance` runs the base model on it beside the thinking model."""
     active = ~s.done
     sampling, pparams = s.sampling, s.pparams
-    masked = policy.mask_logits(s.logits, s.policy, pparams, tok)
+    logits = model.logits(s.hidden, head).astype(jnp.float32)
+    masked = policy.mask_logits(logits, s.policy, pparams, tok)
     if steer is None:
         sampled, norm = choose_tokens_and_norm(
             masked, sampling.keys, s.lengths, sampling.temperature, sampling.top_k, sampling.top_p
         )
         # the choice's tempered normaliser of the masked logits, turned into the logits' own
         inv_t = logprob_scale(sampling.temperature)
-        known, norm = policy.unmasked_norm(norm, s.logits, inv_t, s.policy, pparams, tok)
+        known, norm = policy.unmasked_norm(norm, logits, inv_t, s.policy, pparams, tok)
         known_norm = known & (sampling.temperature > 0), norm
     else:
         # the published algorithm: both models' greedy tokens, unmasked
-        sampled, choice = steer.choose(s.hybrid, s.logits, sampling.keys, s.lengths, active)
+        sampled, choice = steer.choose(s.hybrid, logits, sampling.keys, s.lengths, active)
         known_norm = None
     phase_before = s.policy.phase
     token, pstate = policy.step(sampled, s.policy, pparams, tok, active)
     token = jnp.where(active, token, pad_id)
 
-    token_logp, certainty = logprob_and_certainty(s.logits, token, sampling.temperature, known_norm)
+    token_logp, certainty = logprob_and_certainty(logits, token, sampling.temperature, known_norm)
     ended_eos, ended_stop = tok.eos[token] & active, tok.stop[token] & active
     full = s.lengths + 1 >= s.max_new
     finish = jnp.select(
@@ -182,16 +188,16 @@ def step(
     col = jnp.where(active, s.lengths, s.tokens.shape[1])  # an ended row writes nothing
     fed = (token[:, None], active[:, None], s.cache)
     if steer is None:
-        logits, cache = forward_cached(model, *fed, head=head)
+        hidden, cache = forward_cached(model, *fed, return_hidden=True)
         hybrid = None
     else:
-        logits, cache, hidden = forward_cached(
-            model, *fed, head=head, capture_layer=steer.sae_layer
+        hidden, cache, captured = forward_cached(
+            model, *fed, capture_layer=steer.sae_layer, return_hidden=True
         )
-        hybrid = steer.advance(s.hybrid, hidden[:, 0], token, active, choice, col)
+        hybrid = steer.advance(s.hybrid, captured[:, 0], token, active, choice, col)
     return s.replace(
         cache=constrain_cache(cache, mesh),
-        logits=logits[:, 0].astype(jnp.float32),
+        hidden=hidden[:, 0],
         tokens=record(s.tokens, col, token),
         logprobs=record(s.logprobs, col, token_logp),
         phases=record(s.phases, col, phase_before.astype(jnp.int8)),
@@ -317,5 +323,5 @@ def sample(
     mesh = mesh_of(params)
     state = decode(*decoding, state, pparams, tok, sampling, jnp.int32(pad_id), mesh)
     return to_host(
-        state.replace(cache=None, logits=None, sampling=None)
+        state.replace(cache=None, hidden=None, sampling=None)
     )  # gathered across hosts if need be

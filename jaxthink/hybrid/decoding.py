@@ -93,7 +93,7 @@ class HybridCarry:
     """The base model's side of the decode loop's carry, per slot, plus what was steered."""
 
     cache: KVCache  # the base model's
-    logits: Array  # [B, V] the base model's next-token logits, unsteered
+    final: Array  # [B, E_base] the base model's last position after its last block, unsteered
     residual: Array  # [B, E_base] after the steering block, at the last position
     hidden: Array  # [B, E_thinking] float32: the thinking model's, after the SAE block
     steered: Array  # [B, N] bool: the two greedy tokens differed
@@ -105,7 +105,7 @@ class HybridCarry:
         captured residual stream `hidden` [E_thinking]."""
         return self.replace(
             cache=put_cache(self.cache, base.cache, row, slot),
-            logits=put(self.logits, base.logits[row], slot),
+            final=put(self.final, base.hidden[row].astype(self.final.dtype), slot),
             residual=put(self.residual, base.captured[row].astype(self.residual.dtype), slot),
             hidden=put(self.hidden, hidden.astype(jnp.float32), slot),
         )
@@ -165,11 +165,12 @@ class Steer:
         hp, b = self.hp, think_logits.shape[0]
         c = hp.coefficients.shape[0]
         latent = pick_latents(hp, carry.hidden, keys, steps)
-        base_greedy = jnp.argmax(carry.logits, axis=-1).astype(jnp.int32)
+        base = nnx.merge(self.base_def, self.base_params)
+        base_logits = base.logits(carry.final, self.head if self.step_head else None)
+        base_greedy = jnp.argmax(base_logits, axis=-1).astype(jnp.int32)
         steered = (base_greedy != jnp.argmax(think_logits, axis=-1)) & active
 
         def candidates():
-            base = nnx.merge(self.base_def, self.base_params)
             cache = carry.cache
             rewound = cache.replace(index=cache.index - 1, pos=cache.pos - 1)
             scale = jnp.broadcast_to(hp.coefficients, (b, c))
@@ -197,18 +198,18 @@ class Steer:
         """The base model reads the emitted token (unsteered), its steering block captured; the
         choice is recorded at each row's column `col`."""
         base = nnx.merge(self.base_def, self.base_params)
-        logits, cache, residual = forward_cached(
+        final, cache, residual = forward_cached(
             base,
             token[:, None],
             active[:, None],
             carry.cache,
-            head=self.head if self.step_head else None,
             capture_layer=self.steer_layer,
+            return_hidden=True,
         )
         steered, latent, coefficient = choice
         return carry.replace(
             cache=cache,
-            logits=logits[:, 0].astype(jnp.float32),
+            final=final[:, 0],
             residual=residual[:, 0],
             hidden=hidden.astype(jnp.float32),
             steered=record(carry.steered, col, steered),
@@ -270,7 +271,7 @@ def _empty_carry(cfg, slots: int, length: int, max_new: int, think_width: int, d
     ints = lambda: jnp.full((slots, max_new), -1, jnp.int32)
     return HybridCarry(
         cache=init_cache(cfg, slots, length, dtype),
-        logits=jnp.zeros((slots, cfg.vocab_size), jnp.float32),
+        final=jnp.zeros((slots, cfg.hidden_size), dtype),
         residual=jnp.zeros((slots, cfg.hidden_size), dtype),
         hidden=jnp.zeros((slots, think_width), jnp.float32),
         steered=jnp.zeros((slots, max_new), bool),

@@ -514,6 +514,7 @@ def forward_cached(
     head: Array | None = None,
     steer: Steering | None = None,
     capture_layer: int | None = None,
+    return_hidden: bool = False,
 ):
     """Appends tokens [B, T] (pads marked False in `valid`) to the cache; returns their logits.
 
@@ -521,6 +522,8 @@ def forward_cached(
     own. `last_only` returns the logits of the final position only ([B, 1, V]) - what prefill of a
     left-padded batch needs. `steer` and `capture_layer` are as in `forward`; with
     `capture_layer` the result is (logits, cache, residual stream after that block [B, T', E]).
+    `return_hidden` gives the residual stream after the last block [B, T', E] in place of the
+    logits (`model.logits(hidden, head)` makes them).
     """
     valid = valid.astype(bool)
     b, t = tokens.shape
@@ -551,8 +554,8 @@ def forward_cached(
         index=cache.index + t,
         pos=cache.pos + valid.sum(axis=1, dtype=jnp.int32),
     )
-    logits = model.logits(x, head)
-    return (logits, cache) if capture_layer is None else (logits, cache, captured)
+    out = x if return_hidden else model.logits(x, head)
+    return (out, cache) if capture_layer is None else (out, cache, captured)
 
 
 def forward_alternatives(

@@ -260,3 +260,18 @@ def test_bench_rounds_run_at_least_repeats_and_fill_min_seconds():
     assert list(_rounds(3)) == [0, 1, 2]
     start, count = time.perf_counter(), len(list(_rounds(1, min_seconds=0.05)))
     assert count > 1 and time.perf_counter() - start >= 0.05
+
+
+def test_the_decode_loop_copies_no_logits_per_step(tiny):
+    """The loop carries the last position's hidden state, so each step makes its logits in a
+    buffer of its own. A carried [B, V] logits array was copied every step: XLA cannot write the
+    next logits over the ones the step still reads."""
+    graphdef, params = tiny
+    b, vocab = len(PROMPTS), 512
+    rows, tok = plain_rows(b), plain_tokens(vocab)
+    state = sampler.start(graphdef, params, PROMPTS, rows, tok, 8)
+    sampling = greedy(b, 0, temperature=0.6, top_p=0.95)
+    compiled = sampler.decode.lower(graphdef, params, state, rows, tok, sampling, jnp.int32(0))
+    hlo = compiled.compile().as_text()
+    assert re.search(rf"f32\[{b},{vocab}\]", hlo)  # the step's logits are there
+    assert not re.search(rf"f32\[{b},{vocab}\]\{{[0-9,]*\}} copy\(", hlo)
