@@ -511,7 +511,6 @@ def forward_cached(
     cache: KVCache,
     *,
     last_only: bool = False,
-    head: Array | None = None,
     steer: Steering | None = None,
     capture_layer: int | None = None,
     return_hidden: bool = False,
@@ -554,7 +553,7 @@ def forward_cached(
         index=cache.index + t,
         pos=cache.pos + valid.sum(axis=1, dtype=jnp.int32),
     )
-    out = x if return_hidden else model.logits(x, head)
+    out = x if return_hidden else model.logits(x)
     return (out, cache) if capture_layer is None else (out, cache, captured)
 
 
